@@ -1,0 +1,5 @@
+import sys
+
+from bhsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""The ``bhsearch`` command line.
+
+Every sub-command lives in its own module in this package and exposes::
+
+    ORDER: int                      # position in ``bhsearch --help``
+    def register(subparsers) -> None  # adds its parser, sets ``func=run``
+    def run(args) -> int | None
+
+Modules are discovered automatically, so adding a command never touches this file.
+Command modules must keep heavy imports (torch, ray, pandas) inside ``run`` so that
+``bhsearch solve`` starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from bhsearch.errors import BhsearchError
+
+DESCRIPTION = """\
+bhsearch — design bottom-heavy CNN backbones for tiny object detection.
+
+Units: "MACs" are multiply-accumulates of convolutions and linear layers (what the paper
+and fvcore call "GFLOPs"); "FLOPs" (paper convention) add 2 per batch-norm output,
+1 per ReLU output, 1 per max-pool input and 1 per upsample output element. Input sizes
+are written WIDTHxHEIGHT, e.g. 640x512.
+"""
+
+
+def _command_modules():
+    mods = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(mod, "register"):
+            mods.append(mod)
+    return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bhsearch", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from bhsearch import __version__
+
+    parser.add_argument("--version", action="version", version=f"bhsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except BhsearchError as exc:
+        print(f"bhsearch {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"bhsearch {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
