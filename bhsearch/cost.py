@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bhsearch.errors import UsageError
 from bhsearch.spec import HRNetSpec, ResNetSpec, Spec, get_spec, parse_input_size
 
 
@@ -77,16 +78,28 @@ class CostReport:
         }
 
 
-def count(spec: Spec | str, input_size: str | tuple[int, int] = "640x512") -> CostReport:
-    """Analytic cost of ``spec`` (a spec or anything ``get_spec`` takes) at ``input_size``."""
+def count(
+    spec: Spec | str, input_size: str | tuple[int, int] = "640x512", num_classes: int | None = None
+) -> CostReport:
+    """Analytic cost of ``spec`` (a spec or anything ``get_spec`` takes) at ``input_size``.
+
+    ``num_classes`` adds a classifier head (global average pool + linear with bias) as a
+    ``head`` stage, as in pycls / torchvision classifiers (ResNet family only).
+    """
     spec = get_spec(spec)
     size = parse_input_size(input_size)
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
     if isinstance(spec, ResNetSpec):
         from bhsearch.cost_resnet import count_resnet
 
-        return count_resnet(spec, size)
+        return count_resnet(spec, size, num_classes)
     if isinstance(spec, HRNetSpec):
         from bhsearch.cost_hrnet import count_hrnet
 
+        if num_classes is not None:
+            raise UsageError("num_classes (a classifier head) is only modelled for resnet specs")
         return count_hrnet(spec, size)
     raise TypeError(f"no cost model for {type(spec).__name__}")

@@ -272,7 +272,9 @@ class HRNetSpec:
 
     @property
     def out_channels(self) -> tuple[int, ...]:
-        return self.branch_widths
+        """Channels of each final branch (``width * expansion`` of the last stage's block)."""
+        expansion = EXPANSION[self.stages[-1].block]
+        return tuple(w * expansion for w in self.branch_widths)
 
     @property
     def stage1_channels(self) -> int:
@@ -289,7 +291,7 @@ class HRNetSpec:
         wcode = f"w{w[0]}" if w == tuple(w[0] * 2**i for i in range(len(w))) else "w" + _dashed(w)
         stem = "s" + "".join(str(s) for s in self.stem_strides) + ("p" if self.pool_after_stage1 else "")
         stem += f"c{self.stem_width}" if self.stem_width != 64 else ""
-        s1 = f"{self.stage1_blocks}{self.stage1_block[0]}{self.stage1_width}"
+        s1 = f"{self.stage1_blocks}{'b' if self.stage1_block == 'bottleneck' else 'a'}{self.stage1_width}"
         stages = [f"{st.modules}x{_dashed(st.blocks, '.')}" + ("" if st.block == "basic" else "b") for st in self.stages]
         return ":".join(["hrnet", wcode, stem, s1, *stages])
 
