@@ -1,0 +1,130 @@
+"""Dataset references ``KIND:PATH`` (the ``--data`` option) resolved to the real readers.
+
+Kinds: ``cifar100:DIR``, ``imagenet32:DIR``, ``tinyperson:DIR`` read user data; ``synthetic-cifar100:DIR``,
+``synthetic-imagenet32:DIR``, ``synthetic-tinyperson:DIR`` first generate a small CPU-sized set into DIR
+(only if DIR holds none yet) and then read it with the same real readers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bhsearch.errors import DataError, UsageError
+
+CLASSIFICATION_KINDS = ("cifar100", "imagenet32", "synthetic-cifar100", "synthetic-imagenet32")
+DETECTION_KINDS = ("tinyperson", "synthetic-tinyperson")
+KINDS = CLASSIFICATION_KINDS + DETECTION_KINDS
+
+# Small defaults suited to a CPU: seconds to generate, enough to learn something.
+SYNTHETIC_DEFAULTS: dict[str, dict[str, Any]] = {
+    "synthetic-cifar100": {"n_train": 5000, "n_test": 1000, "seed": 0},
+    "synthetic-imagenet32": {"n_batches": 2, "per_batch": 2000, "n_val": 1000, "seed": 0},
+    "synthetic-tinyperson": {"n_train": 12, "n_test": 6, "seed": 0, "min_size": 800, "max_size": 1600},
+}
+
+
+def parse_ref(ref: str, allowed: Sequence[str] = KINDS) -> tuple[str, Path]:
+    """Split ``KIND:PATH``; unknown kinds or an empty path raise ``UsageError`` listing the kinds."""
+    kind, sep, path = str(ref).partition(":")
+    if not sep or kind not in allowed or not path:
+        raise UsageError(f"dataset reference {ref!r} must be KIND:PATH with KIND one of: {', '.join(allowed)}")
+    return kind, Path(path).expanduser()
+
+
+def ensure_synthetic(kind: str, path: Path) -> Path:
+    """Generate the synthetic set for ``kind`` into ``path`` unless it is already there."""
+    from bhsearch.data import synthetic
+
+    params = SYNTHETIC_DEFAULTS[kind]
+    if kind == "synthetic-cifar100":
+        if not (path / "cifar-100-python" / "train").is_file():
+            synthetic.write_cifar100(path, **params)
+    elif kind == "synthetic-imagenet32":
+        if not (path / "Imagenet32_val" / "val_data").is_file():
+            synthetic.write_imagenet32(path, **params)
+    elif not (path / "tiny_set" / "annotations" / "task" / "tiny_set_test_all.json").is_file():
+        synthetic.write_tinyperson(path, **params)
+    return path
+
+
+def _existing(path: Path, kind: str) -> Path:
+    if not path.exists():
+        raise UsageError(f"{kind}: path {path} does not exist")
+    return path
+
+
+def open_classification(ref: str, split: str = "train", transform: Callable | None = None, **kwargs: Any):
+    """A classification dataset for ``ref``; ``split`` is ``train`` or ``test`` (``val`` for ImageNet32)."""
+    kind, path = parse_ref(ref, CLASSIFICATION_KINDS)
+    if kind.startswith("synthetic-"):
+        ensure_synthetic(kind, path)
+    else:
+        _existing(path, kind)
+    if kind.endswith("cifar100"):
+        from bhsearch.data.cifar import Cifar100
+
+        return Cifar100(path, "test" if split == "val" else split, transform=transform, **kwargs)
+    from bhsearch.data.imagenet32 import ImageNet32
+
+    return ImageNet32(path, "val" if split == "test" else split, transform=transform, **kwargs)
+
+
+def resolve_tinyperson(path: str | Path) -> tuple[Path, Path, Path, Path]:
+    """``(train_json, train_img_root, test_json, test_img_root)`` of a TinyPerson tree.
+
+    ``path`` may be ``tiny_set`` itself or the folder that contains it. The training annotations are
+    ``annotations/tiny_set_train.json`` (else ``tiny_set_train_with_dense.json``); the test annotations
+    ``annotations/task/tiny_set_test_all.json`` (else ``annotations/tiny_set_test.json``).
+    """
+    path = Path(path)
+    root = path if (path / "annotations").is_dir() else path / "tiny_set"
+    if not (root / "annotations").is_dir():
+        raise DataError(f"{path}: no tiny_set/annotations folder (expected the TinyPerson layout)")
+
+    def first(*cands: str) -> Path:
+        for c in cands:
+            if (root / c).is_file():
+                return root / c
+        raise DataError(f"{root}: none of {', '.join(cands)} found")
+
+    train_json = first("annotations/tiny_set_train.json", "annotations/tiny_set_train_with_dense.json")
+    test_json = first(
+        "annotations/task/tiny_set_test_all.json",
+        "annotations/tiny_set_test.json",
+        "annotations/tiny_set_test_all.json",
+    )
+    return train_json, root / "train", test_json, root / "test"
+
+
+def open_detection(
+    ref: str,
+    split: str = "train",
+    *,
+    tile: Sequence[int] | None = None,
+    overlap: int = 30,
+    train: bool | None = None,
+    include_dense: bool = True,
+    **tile_kwargs: Any,
+):
+    """A ``TinyPersonDataset`` for ``ref`` and ``split`` (``train``/``test``); with ``tile=(w, h)`` a ``TileDataset``.
+
+    ``train`` (default: ``split == "train"``) selects training tiles (0.7 rule) or test-time tiles.
+    ``tile_kwargs`` go to ``TileDataset`` (``min_keep``, ``keep_empty``, ``transform``).
+    """
+    kind, path = parse_ref(ref, DETECTION_KINDS)
+    if split not in ("train", "test"):
+        raise UsageError(f"detection split must be 'train' or 'test', got {split!r}")
+    if kind.startswith("synthetic-"):
+        ensure_synthetic(kind, path)
+    else:
+        _existing(path, kind)
+    from bhsearch.data.tinyperson import TileDataset, TinyPersonDataset
+
+    train_json, train_root, test_json, test_root = resolve_tinyperson(path)
+    ann, img_root = (train_json, train_root) if split == "train" else (test_json, test_root)
+    dataset = TinyPersonDataset(ann, img_root, include_dense=include_dense)
+    if tile is None:
+        return dataset
+    return TileDataset(dataset, tile, overlap, train=(split == "train") if train is None else train, **tile_kwargs)
