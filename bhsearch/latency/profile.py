@@ -1,0 +1,250 @@
+"""Profile a design space into a latency lookup table (imports torch).
+
+Every distinct unit the space can produce is measured once (warm-up, repetitions, median) in
+inference and in a training step, with its memory; the table is rewritten after every unit, so a
+killed profile keeps what it measured and ``resume=True`` measures only what is missing. Then the
+per-network overhead term is measured on whole networks (end-to-end minus the sum of their units).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bhsearch.errors import UsageError
+from bhsearch.latency.table import STATS, LatencyTable, load_table, size_key
+from bhsearch.latency.units import DTYPE_BYTES, Unit, network_units
+from bhsearch.spec import ResNetSpec, Spec, get_spec, parse_input_size
+
+
+def space_specs(base: Spec | str, space: Any = None) -> list[Spec]:
+    """Specs whose units cover a design space: the base, then one spec per stem / stride pattern /
+    widths of the space with two blocks in every stage (so each stage's first and repeated block
+    appear). ``space`` is a ``spaces/*.yaml`` file or None (the family's default space, both read by
+    :func:`bhsearch.solver.load_space`), or an iterable of specs / spec references."""
+    base = get_spec(base)
+    if not isinstance(base, ResNetSpec):
+        raise UsageError(f"latency profiles cover resnet-family bases; {base} is {base.family}")
+    if space is None or isinstance(space, (str, Path)):
+        from bhsearch.solver import load_space
+
+        design = load_space(space, base)
+        reps = [base.replace(blocks=(2,) * len(base.blocks), **glob) for glob in design.globals]
+    else:
+        reps = [get_spec(s) for s in space]
+    out = [base]
+    for spec in reps:
+        if spec not in out:
+            out.append(spec)
+    return out
+
+
+def distinct_units(specs: Iterable[Spec], input_size: str | tuple[int, int]) -> list[Unit]:
+    """The distinct units of ``specs`` at ``input_size``, in first-seen order."""
+    seen: dict[str, Unit] = {}
+    for spec in specs:
+        for unit in network_units(spec, input_size):
+            seen.setdefault(unit.key, unit)
+    return list(seen.values())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def profile_space(
+    base: Spec | str,
+    input_size: str | tuple[int, int],
+    space: Any = None,
+    device: str = "cpu",
+    batch_size: int = 1,
+    dtype: str = "float32",
+    warmup: int = 1,
+    reps: int = 5,
+    threads: int | None = None,
+    norm: str = "bn",
+    clock: str = "wall",
+    out: str | Path = "profiles/latency.json",
+    resume: bool = True,
+    overhead_networks: int = 2,
+    progress: bool = False,
+    on_unit: Callable[[str, dict[str, Any], int, int], None] | None = None,
+) -> LatencyTable:
+    """Measure every distinct unit of the design space once and write a lookup table to ``out``.
+
+    With ``resume`` an existing table at ``out`` is kept and only missing units (and the overhead
+    term, if missing) are measured; it must have been measured under the same settings. Without
+    ``resume`` an existing table is replaced. ``on_unit(key, entry, done, total)`` is called after each
+    unit is saved. ``overhead_networks`` whole networks (the base, then space variants) give the
+    per-network overhead term.
+    """
+    width, height = parse_input_size(input_size)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
+    if dtype not in DTYPE_BYTES:
+        raise UsageError(f"dtype must be one of {', '.join(DTYPE_BYTES)}; got {dtype!r}")
+    if not isinstance(warmup, int) or warmup < 0 or not isinstance(reps, int) or reps < 1:
+        raise UsageError(f"warmup must be >= 0 and reps >= 1, got warmup={warmup!r}, reps={reps!r}")
+    specs = space_specs(base, space)
+    out = Path(out)
+    table = load_table(out) if resume and out.exists() else None
+    requested = {"dtype": dtype, "batch_size": batch_size, "norm": norm, "threads": threads}
+    if table is not None and str(device).startswith("cpu"):
+        requested["clock"] = clock
+    if table is not None:  # refuse early, before torch is imported
+        _check_resumable(table, out, device=str(device).split(":")[0], **requested)
+
+    import torch
+
+    from bhsearch.latency import measure as m
+
+    dev, tdtype = m.resolve_device(device), m.resolve_dtype(dtype)
+    settings = {
+        **requested,
+        "device": dev.type,
+        "device_name": m.device_name(dev),
+        "torch_version": torch.__version__,
+        "threads": m.set_threads(threads),
+        "clock": "cuda-events" if dev.type == "cuda" else clock,
+    }
+    if dev.type == "cpu":
+        m.check_clock(clock)
+    if table is not None:
+        _check_resumable(table, out, **settings)
+    else:
+        table = LatencyTable(settings={**settings, "created": _now()}, path=out)
+    table.settings.update(warmup=warmup, reps=reps, updated=_now())
+    table.settings.setdefault("bases", [])
+    if specs[0].id not in table.settings["bases"]:
+        table.settings["bases"].append(specs[0].id)
+
+    units = distinct_units(specs, (width, height))
+    todo = [u for u in units if u.key not in table.units]
+    skey = size_key((width, height))
+    need_overhead = skey not in table.overhead
+    total = len(todo) + (overhead_networks if need_overhead else 0)
+    table.save(out)
+
+    bar = _progress(progress, total, f"profiling {len(todo)} of {len(units)} units")
+    try:
+        for done, unit in enumerate(todo, start=1):
+            bar.update(f"{unit.key}")
+            entry = _measure_unit(m, unit, dev, tdtype, batch_size, warmup, reps, norm, clock)
+            table.units[unit.key] = entry
+            table.save(out)
+            bar.advance()
+            if on_unit is not None:
+                on_unit(unit.key, entry, done, total)
+        if need_overhead:
+            table.overhead[skey] = _measure_overhead(
+                m, table, specs[:overhead_networks], (width, height), settings, warmup, reps, bar
+            )
+            table.save(out)
+    finally:
+        bar.close()
+    return table
+
+
+def _check_resumable(table: LatencyTable, out: Path, **settings: Any) -> None:
+    bad = table.mismatches(**settings)
+    if bad:
+        raise UsageError(
+            f"{out}: cannot resume a latency table measured under other settings ({'; '.join(bad)}); "
+            "use another --out, or --no-resume to replace it"
+        )
+
+
+def _measure_unit(
+    m, unit: Unit, dev, tdtype, batch_size: int, warmup: int, reps: int, norm: str, clock: str
+) -> dict[str, Any]:
+    import torch
+
+    torch.manual_seed(0)
+    module = m.build_unit(unit, norm)
+    shape = (batch_size, *unit.in_shape)
+    grad = m.unit_input_grad(unit)
+    t0 = time.perf_counter()
+    infer = m.time_module(module, shape, dev, tdtype, "inference", warmup, reps, clock=clock)
+    train = m.time_module(module, shape, dev, tdtype, "train", warmup, reps, input_grad=grad, clock=clock)
+    mem_train = m.memory_module(module, shape, dev, tdtype, "train", input_grad=grad)
+    return {
+        "unit": unit.to_dict(),
+        "inference_s": infer["median_s"],
+        "inference_p10_s": infer["p10_s"],
+        "inference_p90_s": infer["p90_s"],
+        "inference_min_s": infer["min_s"],
+        "train_s": train["median_s"],
+        "train_p10_s": train["p10_s"],
+        "train_p90_s": train["p90_s"],
+        "train_min_s": train["min_s"],
+        "train_saved_bytes": mem_train["saved_bytes"],
+        "train_peak_bytes": mem_train["peak_bytes"],
+        "profile_s": round(time.perf_counter() - t0, 3),
+        "measured": _now(),
+    }
+
+
+def _measure_overhead(m, table, specs, size, settings, warmup: int, reps: int, bar) -> dict[str, Any]:
+    """End-to-end time minus the sum of the units, per mode and statistic, on whole networks
+    (median over the networks)."""
+    networks = []
+    for spec in specs:
+        bar.update(f"overhead: whole network {spec}")
+        row: dict[str, Any] = {"spec": spec.id}
+        for mode in ("inference", "train"):
+            measured = m.measure_latency(
+                spec, size, settings["device"], settings["batch_size"], settings["dtype"], mode,
+                max(1, warmup), max(3, reps // 2 + 1), None, settings["norm"], settings["clock"],
+            )  # fmt: skip
+            for stat in STATS:
+                name = f"{mode}_s" if stat == "median" else f"{mode}_{stat}_s"
+                row[f"{mode}_{stat}_measured_s"] = measured[f"{stat}_s"]
+                row[f"{mode}_{stat}_units_s"] = sum(table.units[u.key][name] for u in network_units(spec, size))
+        networks.append(row)
+        bar.advance()
+    entry: dict[str, Any] = {"networks": networks, "measured": _now()}
+    for mode in ("inference", "train"):
+        for stat in STATS:
+            residuals = [r[f"{mode}_{stat}_measured_s"] - r[f"{mode}_{stat}_units_s"] for r in networks]
+            entry[f"{mode}_s" if stat == "median" else f"{mode}_{stat}_s"] = statistics.median(residuals)
+    return entry
+
+
+class _Bar:
+    """A rich progress bar, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, title: str) -> None:
+        self._progress = None
+        if enabled and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[unit]}"), transient=False,
+            )  # fmt: skip
+            self._progress.start()
+            self._task = self._progress.add_task(title, total=total, unit="")
+
+    def update(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, unit=text)
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, unit="")
+            self._progress.stop()
+
+
+def _progress(enabled: bool, total: int, title: str) -> _Bar:
+    return _Bar(enabled, total, title)
+
+
+__all__ = ["distinct_units", "profile_space", "space_specs"]
