@@ -1,0 +1,521 @@
+"""Proxy pre-training: backbone + global average pool of the last feature map + linear classifier.
+
+The paper pre-trains on 32×32 CIFAR-100 / ImageNet32 with random horizontal flips and random
+crops with resizing (§4.1). Augmentation runs on whole batches on the training device, from a
+generator seeded by ``(seed, epoch, batch)``, so it is cheap, identical across worker counts
+and exactly reproducible on resume.
+
+Outputs in ``out_dir``: ``backbone.safetensors`` (backbone keys only; loads into
+``build_backbone(spec)``), ``spec.json``, ``metrics.jsonl`` (one line per epoch: ``loss``,
+``top1``, ``top5`` in percent, …) and ``checkpoint.pt`` (resumable, ``weights_only``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bhsearch.errors import DataError, UsageError
+from bhsearch.spec import Spec, get_spec, save_spec
+from bhsearch.train import loop
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as torchvision detectors use them
+IMAGE_STD = (0.229, 0.224, 0.225)
+CROPS = ("pad", "resize", "none")
+SCHEDULES = ("cosine", "step", "constant")
+# settings that may change between a run and its resumption (they do not change the result on CPU)
+RESUMABLE_CHANGES = (
+    "device",
+    "num_workers",
+    "num_threads",
+    "progress",
+    "checkpoint_interval_s",
+    "eval_batch_size",
+)
+
+Callback = Callable[[str, int, dict, Path], None]
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of a proxy pre-training run (defaults: a common CIFAR recipe, 30 epochs).
+
+    ``lr`` is for ``batch_size × accumulation`` images per step. ``milestones`` are fractions
+    of ``epochs`` (step schedule). ``crop``: ``pad`` (random crop of ``padding``-padded images),
+    ``resize`` (random resized crop, area in ``resize_scale``) or ``none``. ``image_size``
+    resizes inputs (32 = native). ``width_mult`` scales the spec's widths before building.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    crop: str = "pad"
+    padding: int = 4
+    resize_scale: tuple[float, float] = (0.35, 1.0)
+    hflip: bool = True
+    image_size: int = 32
+    norm: str = "bn"
+    width_mult: float = 1.0
+    accumulation: int = 1
+    eval_batch_size: int = 512
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: str = "auto"
+    deterministic: bool = True
+    num_threads: int | None = None
+    grad_clip: float | None = None
+    checkpoint_interval_s: float = 600.0
+    progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(float(m) for m in self.milestones)
+        self.resize_scale = tuple(float(s) for s in self.resize_scale)
+        _positive(self, "epochs", "batch_size", "accumulation", "eval_batch_size", "image_size")
+        if self.lr <= 0:
+            raise UsageError(f"pretrain lr must be positive, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"pretrain schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.crop not in CROPS:
+            raise UsageError(f"pretrain crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.width_mult <= 0:
+            raise UsageError(f"width_mult must be positive, got {self.width_mult}")
+        if len(self.resize_scale) != 2 or not 0 < self.resize_scale[0] <= self.resize_scale[1] <= 1:
+            raise UsageError(f"resize_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {self.resize_scale}")
+        if self.num_workers < 0 or self.padding < 0 or self.warmup_epochs < 0:
+            raise UsageError("num_workers, padding and warmup_epochs must not be negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
+        return _from_dict(cls, data, "pretrain")
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _from_dict(cls, data: dict[str, Any], what: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"unknown {what} setting(s) {unknown}; allowed: {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise UsageError(f"invalid {what} settings: {exc}") from None
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Classifier(nn.Module):
+    """``backbone`` → global average pool of its last feature map → ``fc``."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(int(backbone.out_channels[-1]), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(x)
+        last = next(reversed(feats.values()))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))
+
+
+# --------------------------------------------------------------------------- data
+
+
+class _ArrayBatches(torch.utils.data.Dataset):
+    """Indexable uint8 images ``(N, H, W, 3)`` + labels; ``__getitems__`` returns whole batches."""
+
+    def __init__(self, images, labels):
+        self.images = torch.as_tensor(images)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]):
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return self.images[idx], self.labels[idx]
+
+
+class _ItemBatches(torch.utils.data.Dataset):
+    """Any dataset of ``(uint8 HWC image, label)`` pairs, batched by :func:`_collate_items`."""
+
+    def __init__(self, dataset, indices: list[int] | None = None):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index] if self.indices is not None else index]
+
+
+def _collate_items(items):
+    import numpy as np
+
+    images = torch.from_numpy(np.stack([np.asarray(img, dtype=np.uint8) for img, _ in items]))
+    return images, torch.as_tensor([int(lbl) for _, lbl in items], dtype=torch.int64)
+
+
+def _identity(batch):
+    return batch
+
+
+def _subset_indices(n: int, limit: int | None, seed: int, split: str) -> list[int] | None:
+    if limit is None or limit >= n:
+        return None
+    return sorted(torch.randperm(n, generator=loop.generator(seed, "subset", split))[:limit].tolist())
+
+
+def _as_batches(dataset, limit: int | None, seed: int, split: str):
+    """Wrap a classification dataset for batched loading (fast path for array-backed readers)."""
+    if len(dataset) == 0:
+        raise DataError(f"the {split} split is empty")
+    keep = _subset_indices(len(dataset), limit, seed, split)
+    data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
+    if data is not None and targets is not None and getattr(dataset, "transform", None) is None:
+        if keep is not None:
+            data, targets = data[keep], targets[keep]
+        return _ArrayBatches(data, targets), _identity
+    return _ItemBatches(dataset, keep), _collate_items
+
+
+def open_classification_data(data: Any, split: str):
+    """``data``: a ``KIND:PATH`` ref, a ``{"train": ds, "test": ds}`` mapping or a ``(train, test)`` pair."""
+    if isinstance(data, (str, Path)):
+        from bhsearch.data.registry import open_classification
+
+        return open_classification(str(data), split)
+    if isinstance(data, dict):
+        return data[split]
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0 if split == "train" else 1]
+    raise UsageError(f"data must be a KIND:PATH reference or a (train, test) pair, got {type(data).__name__}")
+
+
+def _num_classes(train_ds, test_ds) -> int:
+    n = getattr(train_ds, "num_classes", None)
+    if n is None:
+        targets = getattr(train_ds, "targets", None)
+        if targets is None:
+            raise DataError("the classification dataset has neither 'num_classes' nor 'targets'")
+        n = int(max(targets)) + 1
+    return int(n)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGE_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def augment_batch(images: torch.Tensor, config: PretrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """uint8 ``(B, H, W, 3)`` → augmented, normalised float ``(B, 3, S, S)`` (S = ``image_size``).
+
+    Random numbers come from ``gen`` (CPU), so results do not depend on the device's RNG.
+    """
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    b, _, h, w = x.shape
+    dev = x.device
+    if config.crop == "pad" and config.padding > 0:
+        p = config.padding
+        padded = F.pad(x, (p, p, p, p))
+        oy = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(dev)
+        ox = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(dev)
+        rows = oy[:, None] + torch.arange(h, device=dev)
+        cols = ox[:, None] + torch.arange(w, device=dev)
+        bidx = torch.arange(b, device=dev)[:, None, None]
+        # (B, H, W, C) gather → NCHW; made contiguous below (a channels-last input crashes some
+        # oneDNN CPU backward kernels in torch 2.14 on tiny widths)
+        x = padded[bidx, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    elif config.crop == "resize":
+        from torchvision.ops import roi_align
+
+        lo, hi = config.resize_scale
+        area = (lo + (hi - lo) * torch.rand(b, generator=gen)) * h * w
+        log_ratio = (torch.rand(b, generator=gen) * 2 - 1) * torch.log(torch.tensor(4 / 3))
+        ratio = torch.exp(log_ratio)
+        cw = torch.sqrt(area * ratio).clamp(1, w)
+        ch = torch.sqrt(area / ratio).clamp(1, h)
+        x0 = torch.rand(b, generator=gen) * (w - cw)
+        y0 = torch.rand(b, generator=gen) * (h - ch)
+        boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1).to(dev)
+        size = config.image_size
+        x = roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    if config.hflip:
+        flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if x.shape[-1] != config.image_size or x.shape[-2] != config.image_size:
+        x = F.interpolate(x, size=(config.image_size,) * 2, mode="bilinear", align_corners=False)
+    return _normalise(x).contiguous()
+
+
+def eval_batch(images: torch.Tensor, config: PretrainConfig) -> torch.Tensor:
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    if x.shape[-1] != config.image_size or x.shape[-2] != config.image_size:
+        x = F.interpolate(x, size=(config.image_size,) * 2, mode="bilinear", align_corners=False)
+    return _normalise(x).contiguous()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module, loader, config: PretrainConfig, device: torch.device, amp_dtype, channels_last: bool
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy on ``loader``."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    loss_sum = 0.0
+    for images, labels in loader:
+        images = loop.to_device(images, device)
+        labels = loop.to_device(labels, device)
+        x = eval_batch(images, config)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with loop.autocast(device, amp_dtype):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top.eq(labels[:, None])
+        correct1 += int(hit[:, 0].sum())
+        correct5 += int(hit.any(dim=1).sum())
+        total += labels.numel()
+    model.train()
+    return {
+        "top1": 100.0 * correct1 / max(1, total),
+        "top5": 100.0 * correct5 / max(1, total),
+        "eval_loss": loss_sum / max(1, total),
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_pretrain(
+    spec: Spec | str,
+    data: Any,
+    config: PretrainConfig | None = None,
+    out_dir: str | Path = "runs/pre",
+    resume: bool = False,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Pre-train ``spec`` as a classifier on ``data`` and write the run to ``out_dir``.
+
+    ``resume=True`` continues from ``out_dir/checkpoint.pt`` when there is one (and starts
+    fresh otherwise); the result equals an uninterrupted run. ``callback(stage, epoch,
+    metrics, out_dir)`` runs after every epoch, once the checkpoint is on disk.
+    Returns the final epoch's metrics plus ``best_top1``, ``history`` and file paths.
+    """
+    from bhsearch.models import build_backbone
+
+    config = config or PretrainConfig()
+    spec = get_spec(spec)
+    if config.width_mult != 1.0:
+        spec = spec.scaled(config.width_mult)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+
+    device = loop.select_device(config.device)
+    loop.configure_runtime(device, seed=config.seed, deterministic=config.deterministic, num_threads=config.num_threads)
+    amp_dtype = loop.resolve_amp(device, config.amp)
+    channels_last = loop.resolve_channels_last(device, config.channels_last)
+
+    train_raw = open_classification_data(data, "train")
+    test_raw = open_classification_data(data, "test")
+    num_classes = _num_classes(train_raw, test_raw)
+    train_ds, train_collate = _as_batches(train_raw, config.max_train_samples, config.seed, "train")
+    test_ds, test_collate = _as_batches(test_raw, config.max_eval_samples, config.seed, "test")
+
+    torch.manual_seed(loop.derive_seed(config.seed, "init"))
+    model = Classifier(build_backbone(spec, norm=config.norm), num_classes).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov and config.momentum > 0,
+    )
+
+    sampler = loop.EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, shuffle=True)
+    steps_per_epoch = -(-sampler.num_batches // config.accumulation)
+    schedule = loop.LRSchedule(
+        base_lr=config.lr,
+        total_steps=steps_per_epoch * config.epochs,
+        kind=config.schedule,
+        milestones=tuple(round(m * config.epochs) * steps_per_epoch for m in config.milestones),
+        gamma=config.gamma,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+    )
+    reporter = loop.Reporter("pretrain", config.progress)
+    state = loop.LoopState()
+
+    def checkpoint(st: loop.LoopState, rng: dict[str, Any]) -> None:
+        loop.save_checkpoint(
+            ckpt_path,
+            {
+                "format": loop.CHECKPOINT_FORMAT,
+                "stage": "pretrain",
+                "config": config.to_dict(),
+                "spec": spec.to_dict(),
+                "num_classes": num_classes,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": trainer.scaler.state_dict(),
+                "loop": st.to_dict(),
+                "rng": rng,
+            },
+        )
+
+    trainer = loop.Trainer(
+        stage="pretrain",
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        device=device,
+        amp_dtype=amp_dtype,
+        accumulation=config.accumulation,
+        reporter=reporter,
+        save=checkpoint,
+        checkpoint_interval_s=config.checkpoint_interval_s,
+        grad_clip=config.grad_clip,
+    )
+
+    resumed_rng = None
+    if resume and ckpt_path.is_file():
+        saved = loop.load_checkpoint(ckpt_path)
+        if saved.get("stage") != "pretrain":
+            raise UsageError(f"{ckpt_path}: a {saved.get('stage')} checkpoint, not a pretrain one")
+        loop.check_resume_config(saved["config"], config.to_dict(), ckpt_path, RESUMABLE_CHANGES)
+        if saved["spec"] != spec.to_dict():
+            raise UsageError(f"{ckpt_path}: was trained with spec {get_spec(saved['spec']).id}, not {spec.id}")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        trainer.scaler.load_state_dict(saved["scaler"])
+        state = loop.LoopState.from_dict(saved["loop"])
+        resumed_rng = saved["rng"] if state.batch else None
+        reporter.note(f"resuming {out} at epoch {state.epoch + 1}, batch {state.batch}")
+    else:
+        for name in ("checkpoint.pt", "metrics.jsonl", "backbone.safetensors"):
+            (out / name).unlink(missing_ok=True)
+    save_spec(spec, out / "spec.json", stage="pretrain", num_classes=num_classes, config=config.to_dict())
+
+    train_loader = loop.make_loader(
+        train_ds, sampler, collate_fn=train_collate, num_workers=config.num_workers, device=device
+    )
+    test_sampler = loop.EpochBatchSampler(len(test_ds), config.eval_batch_size, seed=config.seed, shuffle=False)
+    test_loader = loop.make_loader(test_ds, test_sampler, collate_fn=test_collate, num_workers=0, device=device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def loss_fn(batch, b: int):
+        images, labels = loop.to_device(batch, device)
+        x = augment_batch(images, config, loop.generator(config.seed, "augment", state.epoch, b))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        return criterion(logits.float(), labels), {}, labels.shape[0]
+
+    keys = ("loss", "lr", "top1", "top5", "train_images_per_s", "epoch_time_s")
+    reporter.start()
+    try:
+        with loop.InterruptGuard(reporter) as guard:
+            trainer.interrupt = guard
+            while state.epoch < config.epochs:
+                t0 = time.perf_counter()
+                if resumed_rng is not None:
+                    loop.restore_rng(resumed_rng)
+                    resumed_rng = None
+                elif state.batch == 0:
+                    torch.manual_seed(loop.derive_seed(config.seed, "torch", state.epoch))
+                sampler.set_epoch(state.epoch, state.batch)
+                trainer.train_epoch(state, config.epochs, sampler.num_batches, train_loader, loss_fn)
+                record = {"stage": "pretrain", "epoch": state.epoch + 1, "epochs": config.epochs}
+                record.update(loop.finish_epoch(state))
+                record["lr"] = optimizer.param_groups[0]["lr"]
+                record.update(evaluate_classifier(model, test_loader, config, device, amp_dtype, channels_last))
+                record["epoch_time_s"] = time.perf_counter() - t0
+                state.history.append(record)
+                state.epoch += 1
+                state.reset_epoch()
+                checkpoint(state, loop.capture_rng())
+                loop.write_metrics(out / "metrics.jsonl", state.history)
+                _save_backbone(model, spec, out)
+                reporter.epoch_end(record, keys)
+                if callback is not None:
+                    callback("pretrain", record["epoch"], dict(record), out)
+    finally:
+        trainer.interrupt = None
+        reporter.stop()
+    if not (out / "backbone.safetensors").is_file():
+        _save_backbone(model, spec, out)
+    loop.write_metrics(out / "metrics.jsonl", state.history)
+    return _result(state.history, spec, out)
+
+
+def _save_backbone(model: Classifier, spec: Spec, out: Path) -> None:
+    loop.save_safetensors(
+        out / "backbone.safetensors",
+        model.backbone.state_dict(),
+        metadata={"format": "bhsearch-backbone", "spec_id": spec.id, "stage": "pretrain"},
+    )
+
+
+def _result(history: list[dict[str, Any]], spec: Spec, out: Path) -> dict[str, Any]:
+    last = dict(history[-1]) if history else {}
+    return {
+        **last,
+        "best_top1": max((row["top1"] for row in history), default=0.0),
+        "spec_id": spec.id,
+        "out_dir": str(out),
+        "backbone": str(out / "backbone.safetensors"),
+        "history": history,
+    }
+
+
+__all__ = ["Classifier", "PretrainConfig", "augment_batch", "evaluate_classifier", "run_pretrain"]
