@@ -33,7 +33,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--gt", required=True, metavar="GT", help="ground truth: COCO JSON (TinyPerson) or folder (WiderFace)"
     )
-    p.add_argument("--dets", required=True, metavar="DETS", help="detections: COCO results JSON")
+    p.add_argument(
+        "--dets", required=True, metavar="DETS", help="detections: COCO results JSON, or a WiderFace prediction folder"
+    )
     p.add_argument("--benchmark", choices=("tinyperson", "widerface"), default="tinyperson")
     p.add_argument(
         "--max-dets", type=int, default=200, help="detections kept per image (200: paper-era code; 1000: TOV)"

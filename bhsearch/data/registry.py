@@ -1,8 +1,10 @@
 """Dataset references ``KIND:PATH`` (the ``--data`` option) resolved to the real readers.
 
-Kinds: ``cifar100:DIR``, ``imagenet32:DIR``, ``tinyperson:DIR`` read user data; ``synthetic-cifar100:DIR``,
-``synthetic-imagenet32:DIR``, ``synthetic-tinyperson:DIR`` first generate a small CPU-sized set into DIR
-(only if DIR holds none yet) and then read it with the same real readers.
+Kinds: ``cifar100:DIR``, ``imagenet32:DIR``, ``tinyperson:DIR``, ``widerface:DIR`` read user data;
+``synthetic-cifar100:DIR``, ``synthetic-imagenet32:DIR``, ``synthetic-tinyperson:DIR``, ``synthetic-widerface:DIR``
+first generate a small CPU-sized set into DIR (only if DIR holds none yet) and then read it with the same real
+readers. ``DETECTION_KINDS`` are the TinyPerson kinds (``bhsearch finetune``, tiles); the WiderFace kinds
+(``FACE_KINDS``) are fine-tuned by ``bhsearch.train.finetune_widerface``, and ``open_detection`` reads them too.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from bhsearch.errors import DataError, UsageError
 
 CLASSIFICATION_KINDS = ("cifar100", "imagenet32", "synthetic-cifar100", "synthetic-imagenet32")
 DETECTION_KINDS = ("tinyperson", "synthetic-tinyperson")
-KINDS = CLASSIFICATION_KINDS + DETECTION_KINDS
+FACE_KINDS = ("widerface", "synthetic-widerface")
+KINDS = CLASSIFICATION_KINDS + DETECTION_KINDS + FACE_KINDS
 
 # Small defaults suited to a CPU: seconds to generate, enough to learn something.
 SYNTHETIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic-cifar100": {"n_train": 5000, "n_test": 1000, "seed": 0},
     "synthetic-imagenet32": {"n_batches": 2, "per_batch": 2000, "n_val": 1000, "seed": 0},
     "synthetic-tinyperson": {"n_train": 12, "n_test": 6, "seed": 0, "min_size": 800, "max_size": 1600},
+    "synthetic-widerface": {},  # write_widerface's defaults, as bhsearch.train.finetune_widerface.open_widerface
 }
 
 
@@ -44,6 +48,12 @@ def ensure_synthetic(kind: str, path: Path) -> Path:
     elif kind == "synthetic-imagenet32":
         if not (path / "Imagenet32_val" / "val_data").is_file():
             synthetic.write_imagenet32(path, **params)
+    elif kind == "synthetic-widerface":
+        # the file open_widerface checks: both generate the same set
+        if not (path / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
+            from bhsearch.data.synthetic_widerface import write_widerface
+
+            write_widerface(path, **params)
     elif not (path / "tiny_set" / "annotations" / "task" / "tiny_set_test_all.json").is_file():
         synthetic.write_tinyperson(path, **params)
     return path
@@ -111,9 +121,10 @@ def open_detection(
     """A ``TinyPersonDataset`` for ``ref`` and ``split`` (``train``/``test``); with ``tile=(w, h)`` a ``TileDataset``.
 
     ``train`` (default: ``split == "train"``) selects training tiles (0.7 rule) or test-time tiles.
-    ``tile_kwargs`` go to ``TileDataset`` (``min_keep``, ``keep_empty``, ``transform``).
+    ``tile_kwargs`` go to ``TileDataset`` (``min_keep``, ``keep_empty``, ``transform``). A WiderFace ``ref``
+    gives a ``WiderFaceDataset`` (``test`` is its ``val`` split; ``include_dense`` does not apply).
     """
-    kind, path = parse_ref(ref, DETECTION_KINDS)
+    kind, path = parse_ref(ref, DETECTION_KINDS + FACE_KINDS)
     if split not in ("train", "test"):
         raise UsageError(f"detection split must be 'train' or 'test', got {split!r}")
     if kind.startswith("synthetic-"):
@@ -122,9 +133,14 @@ def open_detection(
         _existing(path, kind)
     from bhsearch.data.tinyperson import TileDataset, TinyPersonDataset
 
-    train_json, train_root, test_json, test_root = resolve_tinyperson(path)
-    ann, img_root = (train_json, train_root) if split == "train" else (test_json, test_root)
-    dataset = TinyPersonDataset(ann, img_root, include_dense=include_dense)
+    if kind in FACE_KINDS:
+        from bhsearch.data.widerface import WiderFaceDataset
+
+        dataset = WiderFaceDataset(path, "val" if split == "test" else split)
+    else:
+        train_json, train_root, test_json, test_root = resolve_tinyperson(path)
+        ann, img_root = (train_json, train_root) if split == "train" else (test_json, test_root)
+        dataset = TinyPersonDataset(ann, img_root, include_dense=include_dense)
     if tile is None:
         return dataset
     return TileDataset(dataset, tile, overlap, train=(split == "train") if train is None else train, **tile_kwargs)

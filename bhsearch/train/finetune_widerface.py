@@ -1,0 +1,503 @@
+"""Face-detector fine-tuning on WiderFace (TinaFace-style RetinaNet, 640×640 crops) with official evaluation.
+
+``bhsearch.train.finetune`` is built around TinyPerson tiles and the TinyPerson evaluator, so this module
+runs the WiderFace variant on the same machinery (``bhsearch.train.loop``: sampler, LR schedule, trainer,
+checkpoints, resume, reporter) and the same initialisation helpers (``read_init_weights``,
+``load_backbone_state``, ``freeze_stages``, ``resolve_norm``).
+
+Training data: RetinaFace/TinaFace-style square crops: a side of ``crop_scales`` × the image's short side at
+a random position, faces kept when their centre lies in the crop (then clipped), the crop resized to
+``image_size`` and flipped with probability 0.5; faces below ``min_face`` px after resizing and invalid faces
+are not trained on. Evaluation: whole validation images at native size (or shrunk so the long side is at
+most ``eval_max_size``), scored by :func:`bhsearch.evaluation.widerface.evaluate_widerface`.
+
+Outputs in ``out_dir``: ``model.safetensors``, ``spec.json`` (spec + ``detector`` face settings that rebuild
+the model with ``build_face_detector``), ``metrics.jsonl`` (losses, lr, ``AP_easy``/``AP_medium``/``AP_hard``
+per evaluated epoch), ``checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bhsearch.errors import DataError, UsageError
+from bhsearch.spec import Spec, get_spec, save_spec
+from bhsearch.train import loop
+from bhsearch.train.finetune import freeze_stages, load_backbone_state, read_init_weights
+from bhsearch.train.pretrain import _from_dict, _plain, _positive
+
+NORMS = ("auto", "bn", "gn", "frozen_bn")
+RESUMABLE_CHANGES = ("device", "num_workers", "num_threads", "progress", "checkpoint_interval_s", "eval_batch_size")
+DEFAULT_CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
+METRIC_KEYS = ("AP_easy", "AP_medium", "AP_hard")
+
+Callback = Callable[[str, int, dict, Path], None]
+
+
+@dataclass
+class WiderFaceConfig:
+    """Settings of a WiderFace fine-tuning run (defaults: a TinaFace-like recipe scaled for short runs).
+
+    ``lr=None`` scales ``base_lr`` linearly with ``batch_size × accumulation / base_batch``. ``milestones``
+    are fractions of the run where the LR drops by ``gamma``. ``detector_kwargs`` go to
+    ``build_face_detector`` (e.g. ``anchor_base``, ``head_norm``, ``box_loss``).
+    """
+
+    epochs: int = 12
+    batch_size: int = 4
+    lr: float | None = None
+    base_lr: float = 0.01
+    base_batch: int = 4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (2 / 3, 11 / 12)
+    gamma: float = 0.1
+    warmup_steps: int = 500
+    warmup_ratio: float = 0.001
+    image_size: int = 640
+    crop_scales: tuple[float, ...] = DEFAULT_CROP_SCALES
+    min_face: float = 2.0
+    hflip: bool = True
+    norm: str = "auto"
+    freeze_stages: int | None = None
+    width_mult: float = 1.0
+    accumulation: int = 1
+    eval_every: int = 1
+    eval_batch_size: int = 1
+    eval_max_size: int | None = None
+    max_train_images: int | None = None
+    max_eval_images: int | None = None
+    fpn_channels: int = 256
+    gt: str | None = None
+    detector_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    deterministic: bool = True
+    num_threads: int | None = None
+    grad_clip: float | None = 35.0
+    checkpoint_interval_s: float = 600.0
+    progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(float(m) for m in self.milestones)
+        self.crop_scales = tuple(float(s) for s in self.crop_scales)
+        self.detector_kwargs = dict(self.detector_kwargs or {})
+        _positive(self, "epochs", "batch_size", "accumulation", "eval_batch_size", "base_batch", "image_size")
+        if self.lr is not None and self.lr <= 0:
+            raise UsageError(f"lr must be positive, got {self.lr}")
+        if self.norm not in NORMS:
+            raise UsageError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if not self.crop_scales or not all(0 < s <= 1 for s in self.crop_scales):
+            raise UsageError(f"crop_scales must be fractions in (0, 1], got {self.crop_scales}")
+        if self.image_size < 32:
+            raise UsageError(f"image_size must be at least 32 px, got {self.image_size}")
+        if self.eval_every < 0 or self.num_workers < 0 or self.warmup_steps < 0:
+            raise UsageError("eval_every, num_workers and warmup_steps must not be negative")
+        if self.width_mult <= 0:
+            raise UsageError(f"width_mult must be positive, got {self.width_mult}")
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size * self.accumulation / self.base_batch
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WiderFaceConfig:
+        return _from_dict(cls, data, "widerface fine-tune")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def random_square_crop(
+    image: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator, size: int, scales, min_face: float, hflip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RetinaFace-style crop (see module doc): returns a ``size``×``size`` image and its boxes (xyxy)."""
+    _, h, w = image.shape
+    short = min(h, w)
+    scale = scales[int(torch.randint(len(scales), (1,), generator=gen))]
+    side = max(int(short * scale), 1)
+    x0 = int(torch.randint(w - side + 1, (1,), generator=gen))
+    y0 = int(torch.randint(h - side + 1, (1,), generator=gen))
+    crop = image[:, y0 : y0 + side, x0 : x0 + side]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    inside = (centres[:, 0] >= x0) & (centres[:, 0] < x0 + side) & (centres[:, 1] >= y0) & (centres[:, 1] < y0 + side)
+    kept = boxes[inside] - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+    kept = kept.clamp(0, side) * (size / side)
+    crop = torch.nn.functional.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    wh = kept[:, 2:] - kept[:, :2]
+    kept = kept[(wh[:, 0] >= min_face) & (wh[:, 1] >= min_face)]
+    if hflip and bool(torch.rand((), generator=gen) < 0.5):
+        crop = crop.flip(-1)
+        kept = torch.stack([size - kept[:, 2], kept[:, 1], size - kept[:, 0], kept[:, 3]], dim=1)
+    return crop.contiguous(), kept.reshape(-1, 4)
+
+
+class TrainCrops(torch.utils.data.Dataset):
+    """Random crops of a ``WiderFaceDataset``; items are indexed by ``(epoch, index)`` so the crop of an
+    image depends only on (seed, epoch, index), whatever the worker count or resume point."""
+
+    def __init__(self, dataset, config: WiderFaceConfig, indices: list[int] | None = None):
+        self.dataset, self.config = dataset, config
+        self.indices = indices if indices is not None else list(range(len(dataset)))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        epoch, i = item
+        cfg = self.config
+        image, target = self.dataset[self.indices[i]]
+        gen = loop.generator(cfg.seed, "crop", epoch, i)
+        crop, boxes = random_square_crop(
+            image, target["boxes"], gen, cfg.image_size, cfg.crop_scales, cfg.min_face, cfg.hflip
+        )
+        return crop, {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)}
+
+
+class _EpochTagged(torch.utils.data.Sampler):
+    """Wraps an ``EpochBatchSampler``: every index becomes ``(epoch, index)``."""
+
+    def __init__(self, sampler: loop.EpochBatchSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        for batch in self.sampler:
+            yield [(self.sampler.epoch, i) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def open_widerface(data: Any, config: WiderFaceConfig):
+    """(train dataset, val dataset, GT files) from a WiderFace root, ``widerface:PATH`` or
+    ``synthetic-widerface:PATH`` (generated there first when absent)."""
+    from bhsearch.data.widerface import WiderFaceDataset, resolve_gt_files
+
+    text = str(data)
+    kind, sep, rest = text.partition(":")
+    if sep and kind in ("widerface", "synthetic-widerface") and rest:
+        root = Path(rest).expanduser()
+        if kind == "synthetic-widerface" and not (root / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
+            from bhsearch.data.synthetic_widerface import write_widerface
+
+            write_widerface(root)
+    else:
+        root = Path(text).expanduser()
+    train = WiderFaceDataset(root, "train")
+    val = WiderFaceDataset(root, "val")
+    gt = resolve_gt_files(config.gt if config.gt else root)
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"{root}: the train or val split has no images")
+    return train, val, gt
+
+
+def _subset(n: int, limit: int | None, seed: int, what: str) -> list[int]:
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=loop.generator(seed, "subset", what))[:limit].tolist())
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def predict_widerface(
+    model: torch.nn.Module,
+    dataset,
+    indices: list[int] | None = None,
+    *,
+    batch_size: int = 1,
+    max_size: int | None = None,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, np.ndarray]:
+    """``{"<event>/<name>": (N, 5) x, y, w, h, score}`` for whole images of ``dataset``.
+
+    With ``max_size`` an image whose long side exceeds it is shrunk for inference and boxes are scaled back.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    indices = indices if indices is not None else list(range(len(dataset)))
+    was_training = model.training
+    model.eval()
+    out: dict[str, np.ndarray] = {}
+    try:
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            images, scales = [], []
+            for i in chunk:
+                image, _ = dataset[i]
+                scale = 1.0
+                if max_size and max(image.shape[-2:]) > max_size:
+                    scale = max_size / max(image.shape[-2:])
+                    size = [max(1, round(d * scale)) for d in image.shape[-2:]]
+                    image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear")[0]
+                images.append(image.to(device))
+                scales.append(scale)
+            with loop.autocast(device, amp_dtype):
+                outputs = model(images)
+            for i, o, scale in zip(chunk, outputs, scales, strict=True):
+                boxes = o["boxes"].float().cpu().numpy() / scale
+                scores = o["scores"].float().cpu().numpy()
+                xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+                out[dataset.records[i].key] = np.concatenate([xywh, scores[:, None]], axis=1).astype(np.float64)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_face_model(model, dataset, gt, indices: list[int] | None = None, **predict_kwargs) -> dict[str, Any]:
+    """Predict whole images and score them with the official protocol (only the predicted images count)."""
+    from bhsearch.evaluation.widerface import evaluate_widerface
+
+    preds = predict_widerface(model, dataset, indices, **predict_kwargs)
+    keys = [dataset.records[i].key for i in (indices if indices is not None else range(len(dataset)))]
+    result = evaluate_widerface(gt, preds, images=keys)
+    result["num_detections"] = int(sum(len(v) for v in preds.values()))
+    return result
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_finetune_widerface(
+    spec: Spec | str,
+    data: Any,
+    config: WiderFaceConfig | None = None,
+    out_dir: str | Path = "runs/widerface",
+    init: str | Path | None = None,
+    resume: bool = False,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``build_face_detector(spec)`` on WiderFace ``data`` (root or ``[synthetic-]widerface:PATH``).
+
+    Same contract as :func:`bhsearch.train.finetune.run_finetune`: ``init`` backbone weights, ``resume`` from
+    ``out_dir/checkpoint.pt``, ``callback(stage, epoch, metrics, out_dir)`` after every epoch. Returns the
+    last epoch's metrics plus ``best_AP_hard``, ``history`` and paths.
+    """
+    from bhsearch.data.widerface import collate_images
+    from bhsearch.models import build_backbone
+    from bhsearch.widerface_detector import build_face_detector, face_detector_settings
+
+    config = config or WiderFaceConfig()
+    spec = get_spec(spec)
+    if config.width_mult != 1.0:
+        spec = spec.scaled(config.width_mult)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+
+    init_state, init_kind = read_init_weights(init) if init is not None else (None, None)
+    norm = config.norm if config.norm != "auto" else {"torchvision": "frozen_bn", "pretrain": "bn"}.get(init_kind, "gn")
+    frozen_stages = config.freeze_stages
+    if frozen_stages is None:
+        frozen_stages = 1 if init_kind == "torchvision" else -1
+
+    device = loop.select_device(config.device)
+    loop.configure_runtime(device, seed=config.seed, deterministic=config.deterministic, num_threads=config.num_threads)
+    amp_dtype = loop.resolve_amp(device, config.amp)
+
+    train_full, val_ds, gt = open_widerface(data, config)
+    train_ds = TrainCrops(train_full, config, _subset(len(train_full), config.max_train_images, config.seed, "train"))
+    eval_indices = _subset(len(val_ds), config.max_eval_images, config.seed, "val")
+
+    torch.manual_seed(loop.derive_seed(config.seed, "init"))
+    backbone = build_backbone(spec, norm=norm)
+    if init_state is not None:
+        load_backbone_state(backbone, init_state, f"--init {init}")
+    model = build_face_detector(
+        spec,
+        norm=norm,
+        image_size=(config.image_size, config.image_size),
+        fpn_channels=config.fpn_channels,
+        backbone=backbone,
+        **config.detector_kwargs,
+    )
+    frozen = freeze_stages(model.backbone.body, frozen_stages)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=config.effective_lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+    sampler = loop.EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, shuffle=True)
+    steps_per_epoch = -(-sampler.num_batches // config.accumulation)
+    total_steps = steps_per_epoch * config.epochs
+    schedule = loop.LRSchedule(
+        base_lr=config.effective_lr,
+        total_steps=total_steps,
+        kind="step",
+        milestones=tuple(round(m * config.epochs) * steps_per_epoch for m in config.milestones),
+        gamma=config.gamma,
+        warmup_steps=min(config.warmup_steps, total_steps // 3),
+        warmup_ratio=config.warmup_ratio,
+    )
+    reporter = loop.Reporter("widerface", config.progress)
+    state = loop.LoopState()
+    settings = face_detector_settings(model)
+    run_info = {"init": str(init) if init else None, "init_kind": init_kind, "norm": norm, "frozen": frozen}
+
+    def checkpoint(st: loop.LoopState, rng: dict[str, Any]) -> None:
+        loop.save_checkpoint(
+            ckpt_path,
+            {
+                "format": loop.CHECKPOINT_FORMAT,
+                "stage": "finetune-widerface",
+                "config": config.to_dict(),
+                "spec": spec.to_dict(),
+                "detector": settings,
+                "run": run_info,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": trainer.scaler.state_dict(),
+                "loop": st.to_dict(),
+                "rng": rng,
+            },
+        )
+
+    trainer = loop.Trainer(
+        stage="widerface",
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        device=device,
+        amp_dtype=amp_dtype,
+        accumulation=config.accumulation,
+        reporter=reporter,
+        save=checkpoint,
+        checkpoint_interval_s=config.checkpoint_interval_s,
+        grad_clip=config.grad_clip,
+    )
+    resumed_rng = None
+    if resume and ckpt_path.is_file():
+        saved = loop.load_checkpoint(ckpt_path)
+        if saved.get("stage") != "finetune-widerface":
+            raise UsageError(f"{ckpt_path}: a {saved.get('stage')} checkpoint, not a WiderFace fine-tuning one")
+        loop.check_resume_config(saved["config"], config.to_dict(), ckpt_path, RESUMABLE_CHANGES)
+        if saved["spec"] != spec.to_dict():
+            raise UsageError(f"{ckpt_path}: was trained with spec {get_spec(saved['spec']).id}, not {spec.id}")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        trainer.scaler.load_state_dict(saved["scaler"])
+        state = loop.LoopState.from_dict(saved["loop"])
+        resumed_rng = saved["rng"] if state.batch else None
+        reporter.note(f"resuming {out} at epoch {state.epoch + 1}, batch {state.batch}")
+    else:
+        for name in ("checkpoint.pt", "metrics.jsonl", "model.safetensors"):
+            (out / name).unlink(missing_ok=True)
+    save_spec(
+        spec, out / "spec.json", stage="finetune-widerface", detector=settings, run=run_info, config=config.to_dict()
+    )
+
+    loader = loop.make_loader(
+        train_ds, _EpochTagged(sampler), collate_fn=collate_images, num_workers=config.num_workers, device=device
+    )
+
+    def loss_fn(batch, b: int):
+        images, targets = batch
+        losses = model(loop.to_device(images, device), loop.to_device(targets, device))
+        return sum(losses.values()), losses, len(images)
+
+    keys = ("loss", "lr", *METRIC_KEYS, "train_images_per_s", "epoch_time_s")
+    weights_meta = {"format": "bhsearch-face-detector", "spec_id": spec.id}
+    reporter.start()
+    try:
+        with loop.InterruptGuard(reporter) as guard:
+            trainer.interrupt = guard
+            while state.epoch < config.epochs:
+                t0 = time.perf_counter()
+                if resumed_rng is not None:
+                    loop.restore_rng(resumed_rng)
+                    resumed_rng = None
+                elif state.batch == 0:
+                    torch.manual_seed(loop.derive_seed(config.seed, "torch", state.epoch))
+                sampler.set_epoch(state.epoch, state.batch)
+                trainer.train_epoch(state, config.epochs, sampler.num_batches, loader, loss_fn)
+                epoch = state.epoch + 1
+                record: dict[str, Any] = {"stage": "finetune-widerface", "epoch": epoch, "epochs": config.epochs}
+                record.update(loop.finish_epoch(state))
+                record["lr"] = optimizer.param_groups[0]["lr"]
+                if (config.eval_every and epoch % config.eval_every == 0) or epoch == config.epochs:
+                    reporter.phase(f"widerface epoch {epoch}/{config.epochs}: evaluating")
+                    t_eval = time.perf_counter()
+                    metrics = evaluate_face_model(
+                        model,
+                        val_ds,
+                        gt,
+                        eval_indices,
+                        batch_size=config.eval_batch_size,
+                        max_size=config.eval_max_size,
+                        device=device,
+                        amp_dtype=amp_dtype,
+                    )
+                    record.update({k: metrics[k] for k in METRIC_KEYS})
+                    record["num_detections"] = metrics["num_detections"]
+                    record["eval_time_s"] = time.perf_counter() - t_eval
+                record["epoch_time_s"] = time.perf_counter() - t0
+                state.history.append(record)
+                state.epoch += 1
+                state.reset_epoch()
+                checkpoint(state, loop.capture_rng())
+                loop.write_metrics(out / "metrics.jsonl", state.history)
+                loop.save_safetensors(out / "model.safetensors", model.state_dict(), metadata=weights_meta)
+                reporter.epoch_end(record, keys)
+                if callback is not None:
+                    callback("finetune", epoch, dict(record), out)
+    finally:
+        trainer.interrupt = None
+        reporter.stop()
+    if not (out / "model.safetensors").is_file():
+        loop.save_safetensors(out / "model.safetensors", model.state_dict(), metadata=weights_meta)
+    history = state.history
+    last = dict(history[-1]) if history else {}
+    scores = [row["AP_hard"] for row in history if row.get("AP_hard") is not None]
+    return {
+        **last,
+        "best_AP_hard": max(scores, default=None),
+        "spec_id": spec.id,
+        "out_dir": str(out),
+        "model": str(out / "model.safetensors"),
+        "history": history,
+    }
+
+
+def load_face_model(run_dir: str | Path, device: torch.device | str = "cpu"):
+    """The face detector of a ``run_finetune_widerface`` folder in eval mode, and its ``spec.json`` mapping."""
+    from bhsearch.detectors import load_weights
+    from bhsearch.spec import load_mapping
+    from bhsearch.widerface_detector import build_face_detector
+
+    run_dir = Path(run_dir)
+    spec_path, weights = run_dir / "spec.json", run_dir / "model.safetensors"
+    for path in (spec_path, weights):
+        if not path.is_file():
+            raise UsageError(f"{run_dir}: missing {path.name} (not a finished WiderFace fine-tuning run?)")
+    meta = load_mapping(spec_path)
+    if meta.get("stage") != "finetune-widerface" or not isinstance(meta.get("detector"), dict):
+        raise UsageError(f"{spec_path}: not written by a WiderFace fine-tuning run")
+    model = build_face_detector(get_spec(spec_path), **meta["detector"])
+    load_weights(model, weights)
+    return model.to(device).eval(), meta
+
+
+__all__ = [
+    "WiderFaceConfig",
+    "evaluate_face_model",
+    "load_face_model",
+    "open_widerface",
+    "predict_widerface",
+    "random_square_crop",
+    "run_finetune_widerface",
+]
