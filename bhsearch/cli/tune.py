@@ -1,0 +1,72 @@
+"""``bhsearch tune STUDY.yaml``: rank candidates with Ray Tune (docs/tuning.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 70
+
+DESCRIPTION = """\
+Run a study: proxy pre-train -> detector fine-tune -> TinyPerson evaluation for candidates of a
+FLOP-matched design space, searched with Optuna TPE (or random / grid) and pruned with ASHA.
+Results go to STORAGE/NAME: results.csv, results.parquet, best_spec.json (then `bhsearch report`).
+
+Ray: a local Ray with this machine's resources by default (no dashboard unless --dashboard-host);
+--address (or RAY_ADDRESS) joins an existing cluster. --resume continues an interrupted study
+(Ctrl-C or kill -9) without losing or repeating finished trials.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tune",
+        help="run a Ray Tune study over bottom-heavy candidates (studies/*.yaml)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("study", metavar="STUDY.yaml", help="study file, e.g. studies/demo.yaml")
+    p.add_argument("--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: RAY_ADDRESS, else local)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted study in STORAGE/NAME")
+    p.add_argument("--storage", metavar="DIR", help="where run folders go (overrides the study's storage)")
+    p.add_argument("--num-samples", type=int, metavar="N", help="number of trials (overrides search.num_samples)")
+    p.add_argument(
+        "--dashboard-host", metavar="HOST", help="start the Ray dashboard on HOST (e.g. 127.0.0.1); off by default"
+    )
+    p.add_argument("--quiet", action="store_true", help="no Tune progress tables, only the final ranking")
+    p.add_argument("--json", action="store_true", help="print the final report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+    import sys
+
+    from bhsearch.tune.study import load_study
+
+    study = load_study(args.study)
+    if args.storage:
+        study = study.model_copy(update={"storage": args.storage})
+    study = study.absolute()
+
+    from bhsearch.report import build_report, print_report
+    from bhsearch.tune.runner import run_study
+
+    # with --json, stdout carries only the JSON report: Tune's own printing goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        outcome = run_study(
+            study,
+            address=args.address,
+            resume=args.resume,
+            num_samples=args.num_samples,
+            dashboard_host=args.dashboard_host,
+            verbose=0 if (args.quiet or args.json) else 1,
+        )
+        info = build_report(outcome.run_dir)
+    info["wall_s"] = round(outcome.wall_s, 2)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print_report(info)
+        print(f"study took {outcome.wall_s:.1f} s; results in {outcome.run_dir}")
+    return 0

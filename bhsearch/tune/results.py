@@ -1,0 +1,244 @@
+"""The tidy results table of a study: one row per trial, written as CSV and Parquet.
+
+Built from the files Tune leaves in the run folder (``trial_*/params.json``, ``result.json``,
+``error.txt``), so it also works for an interrupted study and needs no running Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from bhsearch.errors import UsageError
+
+#: Columns of ``results.csv`` / ``results.parquet``, in order.
+COLUMNS = [
+    "rank",
+    "trial_id",
+    "spec_id",
+    "role",
+    "family",
+    "blocks",
+    "stem",
+    "params",
+    "macs",
+    "flops",
+    "activations",
+    "bh_share",
+    "bottom_heavy",
+    "latency_ms",
+    "top1",
+    "AP50_tiny",
+    "AP50_tiny1",
+    "AP50_tiny2",
+    "AP50_tiny3",
+    "AP50_small",
+    "AP25_tiny",
+    "AP75_tiny",
+    "AP_easy",
+    "AP_medium",
+    "AP_hard",
+    "score",
+    "epochs",
+    "max_epochs",
+    "status",
+    "error",
+    "train_time_s",
+]
+#: ``top1`` and every metric a study may rank by (``bhsearch.tune.study.DETECTION_METRICS``), TinyPerson's and
+#: WiderFace's; a study fills those of its fine-tuning data.
+METRIC_COLUMNS = ("top1", *(c for c in COLUMNS if c.startswith("AP")))
+STATUS_ORDER = {"completed": 0, "stopped": 1, "unfinished": 2, "error": 3}
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+    return rows
+
+
+def _error_line(trial_dir: Path) -> str | None:
+    path = trial_dir / "error.txt"
+    if not path.is_file():
+        return None
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    if not lines:
+        return "error"
+    for line in reversed(lines):
+        if ":" in line and not line.startswith(("File ", "^", "~")):
+            return line[:500]
+    return lines[-1][:500]
+
+
+def bottom_heavy_share(cost: Any) -> float:
+    """Share of paper FLOPs spent before the third down-sampling (output stride <= 8)."""
+    width, height = cost.input_size
+    early = sum(s.flops for s in cost.stages if s.out_shape[1] and height / s.out_shape[1] <= 8)
+    return early / cost.flops if cost.flops else 0.0
+
+
+def _status(tune_status: str | None, error: str | None, epochs: int, max_epochs: int) -> str:
+    if error or tune_status == "ERROR":
+        return "error"
+    if tune_status in ("RUNNING", "PENDING", "PAUSED"):
+        return "unfinished"
+    return "completed" if epochs >= max_epochs else "stopped"
+
+
+def _spec_columns(spec_id: str, input_size: str, base_share: float) -> dict[str, Any]:
+    from bhsearch.cost import count
+    from bhsearch.spec import get_spec
+
+    spec = get_spec(spec_id)
+    cost = count(spec, input_size)
+    parts = spec.id.split(":")
+    if spec.family == "resnet":
+        blocks = "-".join(str(b) for b in spec.blocks)
+    else:
+        from bhsearch.tune.runner import genome
+
+        blocks = "-".join(str(g) for g in genome(spec)[1])
+    share = bottom_heavy_share(cost)
+    return {
+        "family": spec.family,
+        "blocks": blocks,
+        "stem": parts[2] if len(parts) > 2 else "",
+        "params": cost.params,
+        "macs": cost.macs,
+        "flops": cost.flops,
+        "activations": cost.activations,
+        "bh_share": round(share, 6),
+        "bottom_heavy": share > base_share + 1e-9,
+    }
+
+
+def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One dict per trial folder of ``run_dir`` (see ``COLUMNS``)."""
+    from bhsearch.cost import count
+    from bhsearch.tune.runner import load_pool
+
+    run_dir = Path(run_dir)
+    statuses = statuses or {}
+    roles = {c.id: c.role for c in load_pool(run_dir)}
+    base_share = bottom_heavy_share(count(study.base_spec(), study.input_size))
+    rows = []
+    for params_path in sorted(run_dir.glob("*/params.json")):
+        trial_dir = params_path.parent
+        config = json.loads(params_path.read_text())
+        spec_id = config.get("spec_id")
+        if not spec_id:
+            continue
+        results = _read_results(trial_dir / "result.json")
+        last = results[-1] if results else {}
+        trial_id = last.get("trial_id") or trial_dir.name.removeprefix("trial_")
+        error = _error_line(trial_dir)
+        epochs = int(last.get("epochs_done", 0) or 0)
+        row: dict[str, Any] = {
+            "trial_id": trial_id,
+            "spec_id": spec_id,
+            "role": roles.get(spec_id, "candidate"),
+            **_spec_columns(spec_id, study.input_size, base_share),
+            "latency_ms": last.get("latency_ms"),
+            **{m: last.get(m) for m in METRIC_COLUMNS},
+            "score": last.get("score"),
+            "epochs": epochs,
+            "max_epochs": study.max_epochs,
+            "status": _status(statuses.get(trial_id), error, epochs, study.max_epochs),
+            "error": error,
+            "train_time_s": last.get("train_time_s"),
+        }
+        rows.append(row)
+    return rows
+
+
+def results_table(rows: list[dict[str, Any]]):
+    """A pandas DataFrame of ``rows`` ranked: completed trials by score (ties: proxy top-1), then the rest."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"])
+    if len(df):
+        df["_order"] = df["status"].map(STATUS_ORDER).fillna(9)
+        df["_score"] = pd.to_numeric(df["score"], errors="coerce").fillna(float("-inf"))
+        df["_proxy"] = pd.to_numeric(df["top1"], errors="coerce").fillna(float("-inf"))
+        keys = ["_order", "_score", "_proxy", "spec_id"]  # ties on the score go to the better proxy
+        df = df.sort_values(keys, ascending=[True, False, False, True], kind="stable")
+        df = df.drop(columns=["_order", "_score", "_proxy"]).reset_index(drop=True)
+    df.insert(0, "rank", range(1, len(df) + 1))
+    for col in ("params", "macs", "flops", "activations", "epochs", "max_epochs"):
+        df[col] = df[col].astype("int64")
+    for col in ("latency_ms", *METRIC_COLUMNS, "score", "train_time_s", "bh_share"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    df["bottom_heavy"] = df["bottom_heavy"].astype(bool)
+    df["error"] = df["error"].astype("object").where(df["error"].notna(), None)
+    return df
+
+
+def write_results(run_dir: str | Path, study: Any, statuses: dict[str, str] | None = None):
+    """Write ``results.csv``, ``results.parquet`` and ``best_spec.json`` into ``run_dir``."""
+    from bhsearch.spec import get_spec, save_spec
+
+    run_dir = Path(run_dir)
+    df = results_table(collect_rows(run_dir, study, statuses))
+    df.to_csv(run_dir / "results.csv", index=False)
+    df.to_parquet(run_dir / "results.parquet", index=False)
+    best_path = run_dir / "best_spec.json"
+    done = df[df["status"] == "completed"]
+    if len(done):
+        best = done.iloc[0]
+        save_spec(
+            get_spec(best["spec_id"]),
+            best_path,
+            study=study.name,
+            trial_id=best["trial_id"],
+            metric=study.target_metric,
+            value=_plain(best[study.target_metric]),
+            score=_plain(best["score"]),
+            input_size=study.input_size,
+        )
+    elif best_path.exists():
+        best_path.unlink()
+    return df
+
+
+def _plain(value: Any) -> Any:
+    with contextlib.suppress(AttributeError):
+        value = value.item()
+    return None if isinstance(value, float) and value != value else value
+
+
+def load_study_of(run_dir: str | Path):
+    """The study saved in ``run_dir/study.json`` by ``bhsearch tune``."""
+    from bhsearch.tune.runner import STUDY_FILE
+    from bhsearch.tune.study import Study
+
+    path = Path(run_dir) / STUDY_FILE
+    if not path.is_file():
+        raise UsageError(f"{run_dir}: not a study run folder (no {STUDY_FILE}); run `bhsearch tune STUDY.yaml` first")
+    return Study.model_validate(json.loads(path.read_text()))
+
+
+def load_results(run_dir: str | Path, refresh: bool = False):
+    """The results table of ``run_dir`` (``results.parquet``, else ``results.csv``, else rebuilt)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run folder")
+    if not refresh:
+        if (run_dir / "results.parquet").is_file():
+            return pd.read_parquet(run_dir / "results.parquet")
+        if (run_dir / "results.csv").is_file():
+            return pd.read_csv(run_dir / "results.csv")
+    return write_results(run_dir, load_study_of(run_dir))
+
+
+__all__ = ["COLUMNS", "bottom_heavy_share", "collect_rows", "load_results", "results_table", "write_results"]

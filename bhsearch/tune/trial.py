@@ -1,0 +1,211 @@
+"""One Ray Tune trial: proxy pre-train → detector fine-tune → TinyPerson (or WiderFace) evaluation.
+
+Which trainer runs a stage follows from its data kind (``bhsearch.tune.study.STAGE_TRAINERS``): CIFAR-100 /
+ImageNet32 pre-training, TinyPerson fine-tuning (``run_finetune``) or WiderFace face-detector fine-tuning
+(``run_finetune_widerface``); all share the same report, checkpoint and resume mechanics.
+
+The trial reports to Tune after every epoch of every stage (``training_iteration`` counts
+trial-epochs across stages, which is ASHA's time axis) with a checkpoint of its working
+folder, so ASHA can stop weak candidates early and an interrupted trial resumes from its
+last epoch.
+
+Fidelity-aware score
+--------------------
+Every report carries ``score = value - 1000 * (max_epochs - epochs_done)`` where ``value`` is
+the stage's metric in percent (proxy ``top1`` while pre-training, the study's detection metric,
+``AP50_tiny`` or ``AP_hard`` by default, while fine-tuning) and ``max_epochs`` the trial-epochs of a full trial.
+At the final epoch ``score`` *is* the target metric. Why this shape:
+
+* ASHA only compares trials at the same ``training_iteration``, where every trial carries the
+  same offset, so its decisions are exactly those it would make on the raw metric.
+* OptunaSearch tells Optuna the *last* reported score of a trial, also for trials that ASHA
+  stopped. A raw low-fidelity value (e.g. a proxy top-1 of 40 %) would look better than a
+  finished trial's AP of 10 % and mislead TPE. With the offset a trial stopped after ``k``
+  epochs scores in ``[-1000 (max-k), -1000 (max-k) + 100]``: below every trial that went
+  further, ordered by its partial result within its fidelity. That matches ASHA's own verdict
+  (the trial lost a rung), so Optuna learns "worse than the survivors" instead of a number on
+  another scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+#: Score penalty per trial-epoch not run (metrics are percentages in [0, 100], so levels never touch).
+FIDELITY_STEP = 1000.0
+STATE_FILE = "trial_state.json"
+
+
+def fidelity_score(value: float | None, epochs_done: int, max_epochs: int) -> float:
+    """The score reported after ``epochs_done`` of ``max_epochs`` trial-epochs (module docstring)."""
+    value = 0.0 if value is None or value != value else float(value)
+    return value - FIDELITY_STEP * (max_epochs - epochs_done)
+
+
+def _read_state(work: Path) -> dict[str, Any]:
+    path = work / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_state(work: Path, state: dict[str, Any]) -> None:
+    tmp = work / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, default=str))
+    os.replace(tmp, work / STATE_FILE)
+
+
+def _restore_work(work: Path) -> bool:
+    """Copy Tune's last checkpoint of this trial into ``work``; True when there was one."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as src:
+        shutil.copytree(src, work, dirs_exist_ok=True)
+    return (work / STATE_FILE).is_file()
+
+
+def work_root(run_dir: str | Path) -> Path:
+    """Node-local scratch root of one study's trials (``$BHSEARCH_TRIAL_WORK``, default under the
+    temp dir), keyed by the run folder so studies of the same name never share it."""
+    import hashlib
+    import tempfile
+
+    run_dir = Path(run_dir)
+    key = hashlib.sha1(str(run_dir).encode()).hexdigest()[:10]
+    root = Path(os.environ.get("BHSEARCH_TRIAL_WORK", Path(tempfile.gettempdir()) / "bhsearch-trials"))
+    return root / f"{run_dir.name}-{key}"
+
+
+def trial_work_dir(run_dir: str | Path, trial_id: str) -> Path:
+    """A node-local scratch folder for the trial's training runs, outside Tune's synced trial folder
+    (Tune uploads the trial folder in the background, which would race with checkpoint writes);
+    what must survive is reported as a Tune checkpoint. Emptied on every (re)start."""
+    work = work_root(run_dir) / trial_id
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def measure_forward_latency(spec: Any, study: Any) -> float | None:
+    """Median forward time of the backbone in milliseconds (``bhsearch.latency.measure_latency``)."""
+    cfg = study.latency
+    if not cfg.enabled:
+        return None
+    from bhsearch.latency import measure_latency
+
+    size = cfg.input_size or study.input_size
+    result = measure_latency(spec, size, device=cfg.device, warmup=cfg.warmup, reps=cfg.reps)
+    return 1000.0 * result["median_s"]
+
+
+def stage_trainer(study: Any, stage: str, device: str | None = None) -> tuple[Any, Any]:
+    """``(run function, config)`` that train ``stage`` of ``study`` on its data (``STAGE_TRAINERS``)."""
+    import importlib
+
+    module_name, config_name, run_name = study.stage_trainer(stage)
+    module = importlib.import_module(module_name)
+    config_cls = getattr(module, config_name)
+    options = dict(getattr(study.stages, stage).options)
+    options.setdefault("progress", "off")
+    if device and "device" not in options:
+        options["device"] = device
+    config = config_cls.from_dict(options) if hasattr(config_cls, "from_dict") else config_cls(**options)
+    return getattr(module, run_name), config
+
+
+def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
+    """Ray Tune function trainable: train ``config["spec_id"]`` through the study's stages."""
+    from ray import tune
+
+    from bhsearch.spec import get_spec
+    from bhsearch.tune.study import Study
+
+    study_obj = Study.model_validate(study)
+    spec = get_spec(config["spec_id"])
+    context = tune.get_context()
+    work = trial_work_dir(context.get_storage().experiment_fs_path, context.get_trial_id())
+    restored = _restore_work(work)
+    state = _read_state(work) if restored else {}
+    if state.get("complete"):
+        return  # finished before an interruption: nothing to repeat
+    state.setdefault("spec_id", spec.id)
+    state.setdefault("epochs_done", 0)
+    state.setdefault("metrics", {})
+    state.setdefault("stages_done", [])
+    state["attempts"] = state.get("attempts", 0) + 1
+
+    import torch
+
+    resources = context.get_trial_resources().required_resources if hasattr(context, "get_trial_resources") else {}
+    threads = max(1, int(resources.get("CPU", study_obj.resources.cpu)))
+    torch.set_num_threads(threads)
+    device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
+
+    if "latency_ms" not in state:
+        state["latency_ms"] = measure_forward_latency(spec, study_obj)
+    max_epochs = study_obj.max_epochs
+    target = study_obj.target_metric
+    t_start = time.perf_counter() - state.get("train_time_s", 0.0)
+
+    def report(stage: str, epoch: int, metrics: dict[str, Any], out_dir: Path) -> None:
+        state["epochs_done"] += 1
+        state["stage"], state["stage_epoch"] = stage, epoch
+        kept = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if stage == "pretrain":
+            state["metrics"].update({k: kept[k] for k in ("top1", "top5") if k in kept})
+            state["metrics"]["pretrain_loss"] = kept.get("loss")
+            value = state["metrics"].get(target if target in ("top1", "top5") else "top1")
+        else:
+            state["metrics"].update({k: v for k, v in kept.items() if k.startswith(("AP", "MR"))})
+            state["metrics"]["finetune_loss"] = kept.get("loss")
+            value = state["metrics"].get(target)
+        last_epoch_of_stage = epoch >= getattr(study_obj.stages, stage).epochs
+        if last_epoch_of_stage and stage not in state["stages_done"]:
+            state["stages_done"].append(stage)
+        state["complete"] = state["epochs_done"] >= max_epochs
+        state["train_time_s"] = time.perf_counter() - t_start
+        score = fidelity_score(value, state["epochs_done"], max_epochs)
+        _write_state(work, state)
+        result = {
+            **{k: v for k, v in state["metrics"].items() if v is not None},
+            "score": score,
+            "stage": stage,
+            "stage_epoch": epoch,
+            "epochs_done": state["epochs_done"],
+            "max_epochs": max_epochs,
+            "spec_id": spec.id,
+            "latency_ms": state["latency_ms"],
+            "attempt": state["attempts"],
+            "train_time_s": state["train_time_s"],
+        }
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+    pre_dir = work / "pretrain"
+    for name in ("pretrain", "finetune"):
+        stage = getattr(study_obj.stages, name)
+        if stage is None or name in state["stages_done"]:
+            continue
+        run, stage_config = stage_trainer(study_obj, name, device)
+        out_dir = work / name
+        extra = {}
+        if name == "finetune":
+            extra["init"] = pre_dir / "backbone.safetensors" if study_obj.stages.pretrain is not None else None
+        run(
+            spec,
+            stage.data,
+            stage_config,
+            out_dir,
+            resume=restored and (out_dir / "checkpoint.pt").is_file(),
+            callback=report,
+            **extra,
+        )
+    shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in Tune's checkpoint
+
+
+__all__ = ["FIDELITY_STEP", "fidelity_score", "measure_forward_latency", "run_trial", "stage_trainer", "work_root"]

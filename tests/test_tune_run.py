@@ -1,0 +1,197 @@
+"""Studies through Ray Tune with real (tiny) trials: results, failures, resume after kill -9, a cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _tune_helpers import write_study
+
+from bhsearch.errors import UsageError
+from bhsearch.spec import get_spec
+from bhsearch.tune.results import COLUMNS
+from bhsearch.tune.runner import run_study
+from bhsearch.tune.study import load_study
+from bhsearch.tune.trial import work_root
+
+pytestmark = pytest.mark.ray
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_DEDUP_LOGS"] = "0"
+    return env
+
+
+def _trial_rows(run_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's reported results, by trial folder."""
+    out = {}
+    for path in sorted(run_dir.glob("trial_*/result.json")):
+        out[path.parent.name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return out
+
+
+def test_tiny_study_runs_end_to_end(ray_session, synthetic_data, tmp_path):
+    study = load_study(write_study(tmp_path, synthetic_data, "e2e"))
+    outcome = run_study(study, verbose=0)
+    run_dir = outcome.run_dir
+    csv = pd.read_csv(run_dir / "results.csv")
+    parquet = pd.read_parquet(run_dir / "results.parquet")
+    assert list(csv.columns) == COLUMNS and list(parquet.columns) == COLUMNS
+    assert len(csv) == 3 and csv["spec_id"].is_unique
+    assert set(csv["role"]) == {"base", "paper", "candidate"}
+    assert (csv["status"] == "completed").all(), csv[["spec_id", "status", "error"]]
+    assert (csv["epochs"] == 2).all() and (csv["max_epochs"] == 2).all()
+    # fidelity-aware score at the final epoch is the target metric itself
+    assert (csv["score"] == csv["AP50_tiny"]).all()
+    for col in ("top1", "AP50_tiny", "AP50_tiny1", "AP50_small", "latency_ms", "flops", "params"):
+        assert csv[col].notna().all() and (csv[col] >= 0).all(), col
+    paper = csv[csv["role"] == "paper"].iloc[0]
+    assert paper["blocks"] == "7-6-2-1" and bool(paper["bottom_heavy"])
+    assert not bool(csv[csv["role"] == "base"].iloc[0]["bottom_heavy"])
+    assert list(csv["rank"]) == [1, 2, 3]
+    assert list(csv["score"]) == sorted(csv["score"], reverse=True)
+    best = json.loads((run_dir / "best_spec.json").read_text())
+    assert best["id"] == csv.iloc[0]["spec_id"] and get_spec(best["spec"]).id == best["id"]
+    # every epoch of both stages was reported, in order, with one attempt each
+    for rows in _trial_rows(run_dir).values():
+        assert [r["stage"] for r in rows] == ["pretrain", "finetune"]
+        assert [r["attempt"] for r in rows] == [1, 1]
+        assert rows[0]["score"] == pytest.approx(rows[0]["top1"] - 1000.0)
+    # trials trained in node-local scratch folders, removed when the study ended
+    assert not list(work_root(run_dir).parent.glob(f"{run_dir.name}-*"))
+    # a finished study is not silently re-run, and there is nothing to resume under another name
+    with pytest.raises(UsageError, match="pass --resume"):
+        run_study(study, verbose=0)
+    with pytest.raises(UsageError, match="no study to resume"):
+        run_study(study.model_copy(update={"name": "other"}), resume=True, verbose=0)
+
+
+def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_data, tmp_path):
+    study = load_study(write_study(tmp_path, synthetic_data, "fail", finetune=False))
+    paper_id = next(s.id for role, s in study.reference_specs() if role == "paper")
+
+    def flaky_trial(config, study):
+        from bhsearch.tune.trial import run_trial
+
+        if config["spec_id"] == paper_id:
+            raise RuntimeError("injected failure for this candidate")
+        run_trial(config, study)
+
+    outcome = run_study(study, verbose=0, trial_fn=flaky_trial)
+    df = outcome.table
+    assert len(df) == 3
+    failed = df[df["spec_id"] == paper_id].iloc[0]
+    assert failed["status"] == "error" and "injected failure" in failed["error"]
+    ok = df[df["spec_id"] != paper_id]
+    assert (ok["status"] == "completed").all() and ok["error"].isna().all()
+    assert failed["rank"] == 3  # failed trials rank last
+    assert json.loads((outcome.run_dir / "best_spec.json").read_text())["id"] != paper_id
+
+
+def test_resume_after_kill_loses_and_repeats_nothing(synthetic_data, tmp_path):
+    path = write_study(
+        tmp_path, synthetic_data, "killed", finetune=False, search={"max_concurrent": 1, "num_samples": 2}
+    )
+    run_dir = tmp_path / "runs" / "killed"
+    cmd = [sys.executable, "-m", "bhsearch", "tune", str(path), "--quiet"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            rows = _trial_rows(run_dir)
+            finished = [t for t, r in rows.items() if r and r[-1]["epochs_done"] == r[-1]["max_epochs"]]
+            if finished and len(list(run_dir.glob("trial_*/params.json"))) >= 2:
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.3)
+        else:
+            pytest.fail("no trial finished in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        _kill_session(proc.pid)
+    before = _trial_rows(run_dir)
+    finished = {t: r for t, r in before.items() if r and r[-1]["epochs_done"] == r[-1]["max_epochs"]}
+    assert len(finished) == 1  # killed mid-study: one trial finished, the other not
+
+    resumed = subprocess.run(
+        [*cmd, "--resume", "--json"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout)["trials"] == 2
+    after = _trial_rows(run_dir)
+    for trial, rows in finished.items():
+        assert after[trial] == rows  # a finished trial was neither lost nor run again
+    df = pd.read_csv(run_dir / "results.csv")
+    assert len(df) == 2 and df["spec_id"].is_unique
+    assert (df["status"] == "completed").all(), df[["spec_id", "status", "error"]]
+    for rows in after.values():
+        epochs = [r["epochs_done"] for r in rows]
+        assert epochs == sorted(set(epochs))  # no epoch reported twice
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_session(pid: int) -> None:
+    """SIGKILL what is left of the process session we started (Ray helpers of a killed driver)."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        child, sid = (int(v) for v in line.split())
+        if sid == pid and child != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.slow  # two Ray start-ups (head + driver): ~100 s on a busy 2-core machine
+def test_study_on_a_local_cluster_through_address(synthetic_data, tmp_path):
+    port = _free_port()
+    with open(tmp_path / "head.log", "w") as log:
+        head = subprocess.Popen(
+            [
+                sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--include-dashboard=false",
+                "--object-store-memory=100000000",
+            ],
+            cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        while "Ray runtime started" not in (tmp_path / "head.log").read_text():
+            assert head.poll() is None and time.time() < deadline, (tmp_path / "head.log").read_text()[-3000:]
+            time.sleep(0.5)
+        node_ip = re.search(r"Local node IP: (\S+)", (tmp_path / "head.log").read_text())[1]
+        path = write_study(tmp_path, synthetic_data, "cluster", finetune=False, search={"num_samples": 2})
+        proc = subprocess.run(
+            [sys.executable, "-m", "bhsearch", "tune", str(path), "--address", f"127.0.0.1:{port}", "--json"],
+            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:] + (tmp_path / "head.log").read_text()[-2000:]
+        info = json.loads(proc.stdout)
+        assert info["trials"] == 2 and info["counts"] == {"completed": 2}
+        nodes = {r["node_ip"] for rows in _trial_rows(tmp_path / "runs" / "cluster").values() for r in rows}
+        assert nodes == {node_ip}
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        _kill_session(head.pid)

@@ -1,0 +1,101 @@
+"""Candidate pool, the Optuna define-by-run sampler, search plans and the fidelity-aware score (no Ray)."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+
+from bhsearch.spec import get_spec
+from bhsearch.tune.runner import PoolSampler, candidate_pool, genome, plan_search
+from bhsearch.tune.study import parse_study
+from bhsearch.tune.trial import FIDELITY_STEP, fidelity_score
+
+
+def study(**search):
+    return parse_study(
+        {
+            "name": "s",
+            "base": "resnet50",
+            "width_mult": 0.125,
+            "space": {"tolerance": 2.0, "options": {"top": 12}},
+            "search": {"num_samples": 5, **search},
+            "stages": {"pretrain": {"data": "cifar100:/nowhere", "epochs": 2}},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return candidate_pool(study())
+
+
+def test_pool_starts_with_references_and_has_no_repeats(pool):
+    assert [c.role for c in pool[:2]] == ["base", "paper"]
+    assert pool[0].spec == get_spec("resnet50").scaled(0.125)
+    assert pool[1].spec == get_spec("bh-resnet50").scaled(0.125)
+    ids = [c.id for c in pool]
+    assert len(ids) == len(set(ids)) and len(pool) >= 10
+    assert all(c.role == "candidate" for c in pool[2:])
+
+
+def test_genome_of_resnet_and_hrnet():
+    layout, genes = genome(get_spec("bh-resnet50"))
+    assert genes == (7, 6, 2, 1) and layout == "resnet:bottleneck:k3s1p:1-1-1-1:s2-2-2-2"
+    layout, genes = genome(get_spec("hrnet18"))
+    assert genes == (4, 1, 4, 4, 4, 4, 4, 4, 3, 4, 4, 4, 4)
+
+
+def test_sampler_reproduces_reference_points_then_avoids_repeats(pool):
+    sampler = PoolSampler(pool)
+    paper = pool[1].id
+    params = sampler.params_of(paper)
+    assert set(params) == {"layout", "g0", "g1", "g2"}  # the last stage is closed by the pool
+    assert sampler(optuna.trial.FixedTrial(params)) == {"spec_id": paper}
+    again = sampler(optuna.trial.FixedTrial(params))["spec_id"]
+    assert again != paper and again in {c.id for c in pool}
+    restored = pickle.loads(pickle.dumps(sampler))  # Tune pickles the searcher for resume
+    assert restored.issued == [paper, again]
+
+
+def test_sampler_with_real_tpe_visits_distinct_candidates(pool):
+    sampler = PoolSampler(pool)
+    opt = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    seen = []
+    for i in range(len(pool)):
+        trial = opt.ask()
+        seen.append(sampler(trial)["spec_id"])
+        opt.tell(trial, float(i))
+    assert sorted(seen) == sorted(c.id for c in pool)
+
+
+def test_random_plan_is_seeded_and_keeps_references_first(pool):
+    _, space_a, n = plan_search(study(algorithm="random", seed=1), pool)
+    _, space_b, _ = plan_search(study(algorithm="random", seed=1), pool)
+    _, space_c, _ = plan_search(study(algorithm="random", seed=2), pool)
+    ids = space_a["spec_id"]["grid_search"]
+    assert n == 1 and ids == space_b["spec_id"]["grid_search"] and len(ids) == 5 and len(set(ids)) == 5
+    assert ids[:2] == [pool[0].id, pool[1].id]
+    assert ids != space_c["spec_id"]["grid_search"]
+
+
+def test_grid_plan_is_exhaustive(pool):
+    search, space, n = plan_search(study(algorithm="grid"), pool)
+    assert search is None and n == 1 and space["spec_id"]["grid_search"] == [c.id for c in pool]
+
+
+def test_optuna_plan_evaluates_references_first(pool):
+    search, space, n = plan_search(study(algorithm="optuna"), pool)
+    assert space == {} and n == 5
+    assert search._points_to_evaluate == [PoolSampler(pool).params_of(pool[i].id) for i in (0, 1)]
+
+
+def test_fidelity_score():
+    assert fidelity_score(12.5, 4, 4) == 12.5  # the final epoch: the metric itself
+    assert fidelity_score(40.0, 2, 4) == 40.0 - 2 * FIDELITY_STEP
+    assert fidelity_score(None, 1, 4) == -3 * FIDELITY_STEP
+    assert fidelity_score(float("nan"), 4, 4) == 0.0
+    # a trial stopped earlier ranks below every trial that got further, whatever its raw value
+    assert fidelity_score(100.0, 3, 4) < fidelity_score(0.0, 4, 4)
+    assert fidelity_score(99.0, 1, 4) < fidelity_score(1.0, 2, 4)
