@@ -396,7 +396,6 @@ def run_finetune(
         warmup_ratio=config.warmup_ratio,
     )
     reporter = loop.Reporter("finetune", config.progress)
-    state = loop.LoopState()
     settings = detector_settings(model)
     run_info = {
         "init": str(init) if init is not None else None,
@@ -409,19 +408,7 @@ def run_finetune(
     def checkpoint(st: loop.LoopState, rng: dict[str, Any]) -> None:
         loop.save_checkpoint(
             ckpt_path,
-            {
-                "format": loop.CHECKPOINT_FORMAT,
-                "stage": "finetune",
-                "config": config.to_dict(),
-                "spec": spec.to_dict(),
-                "detector": settings,
-                "run": run_info,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": trainer.scaler.state_dict(),
-                "loop": st.to_dict(),
-                "rng": rng,
-            },
+            loop.checkpoint_payload("finetune", config, spec, trainer, st, rng, detector=settings, run=run_info),
         )
 
     trainer = loop.Trainer(
@@ -438,23 +425,17 @@ def run_finetune(
         grad_clip=config.grad_clip,
     )
 
-    resumed_rng = None
-    if resume and ckpt_path.is_file():
-        saved = loop.load_checkpoint(ckpt_path)
-        if saved.get("stage") != "finetune":
-            raise UsageError(f"{ckpt_path}: a {saved.get('stage')} checkpoint, not a finetune one")
-        loop.check_resume_config(saved["config"], config.to_dict(), ckpt_path, RESUMABLE_CHANGES)
-        if saved["spec"] != spec.to_dict():
-            raise UsageError(f"{ckpt_path}: was trained with spec {get_spec(saved['spec']).id}, not {spec.id}")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        trainer.scaler.load_state_dict(saved["scaler"])
-        state = loop.LoopState.from_dict(saved["loop"])
-        resumed_rng = saved["rng"] if state.batch else None
-        reporter.note(f"resuming {out} at epoch {state.epoch + 1}, batch {state.batch}")
-    else:
-        for name in ("checkpoint.pt", "metrics.jsonl", "model.safetensors"):
-            (out / name).unlink(missing_ok=True)
+    state, resumed_rng = loop.resume_or_start(
+        ckpt_path,
+        resume=resume,
+        stage="finetune",
+        description="finetune",
+        config=config,
+        spec=spec,
+        trainer=trainer,
+        resumable=RESUMABLE_CHANGES,
+        outputs=("checkpoint.pt", "metrics.jsonl", "model.safetensors"),
+    )
     save_spec(spec, out / "spec.json", stage="finetune", detector=settings, run=run_info, config=config.to_dict())
 
     loader = loop.make_loader(

@@ -366,6 +366,62 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], path: Pa
         raise UsageError(f"{path}: cannot resume with different settings ({parts}); use the original ones")
 
 
+def checkpoint_payload(
+    stage: str, config: Any, spec: Any, trainer: Trainer, st: LoopState, rng: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """What every stage's ``checkpoint.pt`` holds (tensors and plain containers only)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "stage": stage,
+        "config": config.to_dict(),
+        "spec": spec.to_dict(),
+        **extra,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "loop": st.to_dict(),
+        "rng": rng,
+    }
+
+
+def resume_or_start(
+    ckpt_path: Path,
+    *,
+    resume: bool,
+    stage: str,
+    description: str,
+    config: Any,
+    spec: Any,
+    trainer: Trainer,
+    resumable: Iterable[str],
+    outputs: Iterable[str],
+) -> tuple[LoopState, dict[str, Any] | None]:
+    """Restore model, optimizer, scaler and loop state from ``ckpt_path`` when resuming (refusing a
+    checkpoint of another stage, spec or settings), else delete the run's old ``outputs``.
+
+    Returns the loop state and the RNG state to restore at the first batch (None at an epoch start).
+    """
+    out = ckpt_path.parent
+    if not (resume and ckpt_path.is_file()):
+        for name in outputs:
+            (out / name).unlink(missing_ok=True)
+        return LoopState(), None
+    saved = load_checkpoint(ckpt_path)
+    if saved.get("stage") != stage:
+        raise UsageError(f"{ckpt_path}: a {saved.get('stage')} checkpoint, not a {description} one")
+    check_resume_config(saved["config"], config.to_dict(), ckpt_path, resumable)
+    if saved["spec"] != spec.to_dict():
+        from bhsearch.spec import get_spec
+
+        raise UsageError(f"{ckpt_path}: was trained with spec {get_spec(saved['spec']).id}, not {spec.id}")
+    trainer.model.load_state_dict(saved["model"])
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    trainer.scaler.load_state_dict(saved["scaler"])
+    state = LoopState.from_dict(saved["loop"])
+    trainer.reporter.note(f"resuming {out} at epoch {state.epoch + 1}, batch {state.batch}")
+    return state, (saved["rng"] if state.batch else None)
+
+
 def write_metrics(path: str | Path, history: list[dict[str, Any]]) -> Path:
     """Rewrite ``metrics.jsonl`` (one JSON object per epoch) from the checkpoint's history."""
     return atomic_write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in history))

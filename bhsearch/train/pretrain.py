@@ -394,23 +394,10 @@ def run_pretrain(
         warmup_steps=round(config.warmup_epochs * steps_per_epoch),
     )
     reporter = loop.Reporter("pretrain", config.progress)
-    state = loop.LoopState()
 
     def checkpoint(st: loop.LoopState, rng: dict[str, Any]) -> None:
         loop.save_checkpoint(
-            ckpt_path,
-            {
-                "format": loop.CHECKPOINT_FORMAT,
-                "stage": "pretrain",
-                "config": config.to_dict(),
-                "spec": spec.to_dict(),
-                "num_classes": num_classes,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": trainer.scaler.state_dict(),
-                "loop": st.to_dict(),
-                "rng": rng,
-            },
+            ckpt_path, loop.checkpoint_payload("pretrain", config, spec, trainer, st, rng, num_classes=num_classes)
         )
 
     trainer = loop.Trainer(
@@ -427,23 +414,17 @@ def run_pretrain(
         grad_clip=config.grad_clip,
     )
 
-    resumed_rng = None
-    if resume and ckpt_path.is_file():
-        saved = loop.load_checkpoint(ckpt_path)
-        if saved.get("stage") != "pretrain":
-            raise UsageError(f"{ckpt_path}: a {saved.get('stage')} checkpoint, not a pretrain one")
-        loop.check_resume_config(saved["config"], config.to_dict(), ckpt_path, RESUMABLE_CHANGES)
-        if saved["spec"] != spec.to_dict():
-            raise UsageError(f"{ckpt_path}: was trained with spec {get_spec(saved['spec']).id}, not {spec.id}")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        trainer.scaler.load_state_dict(saved["scaler"])
-        state = loop.LoopState.from_dict(saved["loop"])
-        resumed_rng = saved["rng"] if state.batch else None
-        reporter.note(f"resuming {out} at epoch {state.epoch + 1}, batch {state.batch}")
-    else:
-        for name in ("checkpoint.pt", "metrics.jsonl", "backbone.safetensors"):
-            (out / name).unlink(missing_ok=True)
+    state, resumed_rng = loop.resume_or_start(
+        ckpt_path,
+        resume=resume,
+        stage="pretrain",
+        description="pretrain",
+        config=config,
+        spec=spec,
+        trainer=trainer,
+        resumable=RESUMABLE_CHANGES,
+        outputs=("checkpoint.pt", "metrics.jsonl", "backbone.safetensors"),
+    )
     save_spec(spec, out / "spec.json", stage="pretrain", num_classes=num_classes, config=config.to_dict())
 
     train_loader = loop.make_loader(
