@@ -85,8 +85,15 @@ def pycocotools_ap(gt: dict, dets: list, max_dets: int, area_lower: float = 1) -
     return out
 
 
-def reference_tinybenchmark(gt: dict, dets: list, max_dets: int, iod_rule: str) -> dict:
-    """Plain per-image loops of the TinyBenchmark COCOeval fork (as documented in docs/evaluation.md)."""
+def reference_loops(gt: dict, dets: list, max_dets: int, iod_rule: str, protocol: str = "official") -> dict:
+    """Plain per-image loops written from the protocol's rules (DESIGN §6, docs/evaluation.md).
+
+    official: TinyBenchmark's COCOeval fork — after COCO's greedy IoU matching, an unmatched
+    detection looks at every GT ignored in the range (flagged or out of range, matched or not) and
+    takes the first one of largest IoD = v/(1+v)*(1+area/A_det), v the COCO IoU (crowd:
+    intersection / detection area); accepted when IoD >= the threshold, and that GT is marked matched.
+    coco: the same, but only flagged GT and the true IoU enter the IoD step.
+    """
     ranges = area_ranges(1)
     images = sorted(img["id"] for img in gt["images"])
     per_img_gt = {i: [a for a in gt["annotations"] if a["image_id"] == i] for i in images}
@@ -102,7 +109,7 @@ def reference_tinybenchmark(gt: dict, dets: list, max_dets: int, iod_rule: str) 
 
     out = {}
     for thr in IOU_THRESHOLDS:
-        iod_thr = thr if iod_rule == "iou" else 2 * thr / (1 + thr)
+        iod_thr = min(thr, 1 - 1e-10) if iod_rule == "iou" else 2 * thr / (1 + thr)
         for name, (lo, hi) in ranges.items():
             scores, tps, npig = [], [], 0
             for img in images:
@@ -115,6 +122,7 @@ def reference_tinybenchmark(gt: dict, dets: list, max_dets: int, iod_rule: str) 
                 used = [False] * len(gts)
                 for d in dts:
                     best, m = thr, -1
+                    darea = d["bbox"][2] * d["bbox"][3]
                     for k in gorder:
                         crowd = bool(gts[k].get("iscrowd"))
                         if used[k] and not crowd:
@@ -122,16 +130,18 @@ def reference_tinybenchmark(gt: dict, dets: list, max_dets: int, iod_rule: str) 
                         if m > -1 and not ig[m] and ig[k]:
                             break
                         inter, iou = inter_iou(d["bbox"], gts[k]["bbox"])
-                        value = inter / (d["bbox"][2] * d["bbox"][3]) if crowd else iou
+                        value = inter / darea if crowd else iou
                         if value < best:
                             continue
                         best, m = value, k
-                    if m == -1:
+                    if m == -1 and iod_rule != "none" and darea > 0:
                         iods = []
-                        for k, g in enumerate(gts):
-                            if flagged[k]:
-                                _, iou = inter_iou(d["bbox"], g["bbox"])
-                                iods.append((iou / (1 + iou) * (1 + g["area"] / (d["bbox"][2] * d["bbox"][3])), k))
+                        for k in gorder:  # ignored GT keep their file order
+                            g = gts[k]
+                            if (ig if protocol == "official" else flagged)[k]:
+                                inter, iou = inter_iou(d["bbox"], g["bbox"])
+                                v = inter / darea if protocol == "official" and g.get("iscrowd") else iou
+                                iods.append((v / (1 + v) * (1 + g["area"] / darea), k))
                         if iods:
                             value = max(v for v, _ in iods)
                             if value >= iod_thr:
@@ -141,7 +151,7 @@ def reference_tinybenchmark(gt: dict, dets: list, max_dets: int, iod_rule: str) 
                         if not ig[m]:
                             scores.append(d["score"])
                             tps.append(True)
-                    elif lo <= d["bbox"][2] * d["bbox"][3] <= hi:
+                    elif lo <= darea <= hi:
                         scores.append(d["score"])
                         tps.append(False)
             # accumulate (COCO 101-point interpolation) in the global stable score order
@@ -189,7 +199,7 @@ def test_equals_pycocotools_without_ignore_flags(seed):
     quantize = seed % 2 == 1
     gt, dets = random_set(seed, quantize=quantize)
     max_dets = [200, 7, 15, 1000][seed % 4]
-    ours = evaluate(gt, dets, max_dets=max_dets)
+    ours = evaluate(gt, dets, max_dets=max_dets, protocol="coco")
     ref = pycocotools_ap(gt, dets, max_dets)
     assert_close(ours, ref, 1e-7)  # percent, i.e. 1e-9 in AP
     assert any(v for k, v in ref.items() if v)  # the data set is not degenerate
@@ -199,24 +209,46 @@ def test_equals_pycocotools_without_ignore_flags(seed):
 def test_crowd_without_iod_rule_equals_pycocotools(seed):
     gt, dets = random_set(100 + seed, crowd=0.15, quantize=bool(seed % 2))
     assert any(a["iscrowd"] for a in gt["annotations"])
-    assert_close(evaluate(gt, dets, iod_threshold="none"), pycocotools_ap(gt, dets, 200), 1e-7)
+    ref = pycocotools_ap(gt, dets, 200)
+    for protocol in ("coco", "official"):  # without the IoD step both protocols are stock COCOeval
+        assert_close(evaluate(gt, dets, iod_threshold="none", protocol=protocol), ref, 1e-7)
 
 
 def test_area_lower_two_equals_pycocotools():
     gt, dets = random_set(7)
-    assert_close(evaluate(gt, dets, area_lower=2), pycocotools_ap(gt, dets, 200, area_lower=2), 1e-7)
+    ours = evaluate(gt, dets, area_lower=2, protocol="coco")
+    assert_close(ours, pycocotools_ap(gt, dets, 200, area_lower=2), 1e-7)
 
 
 @pytest.mark.parametrize(("seed", "rule"), [(0, "iou"), (1, "2iou/(1+iou)"), (2, "iou"), (3, "2iou/(1+iou)")])
-def test_ignore_rules_equal_reference_loops(seed, rule):
+def test_coco_protocol_ignore_rules_equal_reference_loops(seed, rule):
     gt, dets = random_set(200 + seed, n_images=8, flags=0.3, quantize=bool(seed % 2))
     assert any(a.get("ignore") for a in gt["annotations"])
     max_dets = 12 if seed == 2 else 200
     assert_close(
-        evaluate(gt, dets, max_dets=max_dets, iod_threshold=rule),
-        reference_tinybenchmark(gt, dets, max_dets, rule),
+        evaluate(gt, dets, max_dets=max_dets, iod_threshold=rule, protocol="coco"),
+        reference_loops(gt, dets, max_dets, rule, protocol="coco"),
         1e-9,
     )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_official_protocol_equals_reference_loops(seed):
+    """Random sets with ignore / uncertain / crowd flags, ties, and several max_dets."""
+    flags, crowd = (0.0, 0.0) if seed == 0 else (0.3, 0.15 * (seed % 3 == 1))
+    gt, dets = random_set(300 + seed, n_images=8, flags=flags, crowd=crowd, quantize=bool(seed % 2))
+    max_dets = [200, 12, 1000, 5][seed % 4]
+    ours = evaluate(gt, dets, max_dets=max_dets)
+    assert ours["settings"]["protocol"] == "official"
+    assert_close(ours, reference_loops(gt, dets, max_dets, "iou"), 1e-9)
+
+
+def test_official_protocol_differs_from_coco_without_flags():
+    """Out-of-range GT feed the IoD step in the official code, so even unflagged sets differ."""
+    gt, dets = random_set(0)
+    official, coco = evaluate(gt, dets), evaluate(gt, dets, protocol="coco")
+    assert_close(coco, pycocotools_ap(gt, dets, 200), 1e-7)
+    assert any(abs(official[k] - coco[k]) > 0.1 for k in coco if k.startswith("AP") and coco[k] is not None)
 
 
 # ------------------------------------------------------------------------------------ hand-computed cases
@@ -264,18 +296,80 @@ def test_uncertain_is_folded_into_ignore():
 
 
 @pytest.mark.parametrize("flag", ["image", "annotation"])
-def test_dense_images_are_not_evaluated(flag):
+def test_dense_images_are_evaluated_unless_skipped(flag):
     gt = tiny_gt([PERSON, {"bbox": [10, 10, 10, 10], "image_id": 2}], n_images=2)
     if flag == "image":
         gt["images"][1]["in_dense_image"] = True
     else:
         gt["annotations"][1]["in_dense_image"] = True
     dets = [det([10, 10, 10, 10], 0.7), det([300, 300, 10, 10], 0.99, image_id=2)]
-    res = evaluate(gt, dets)
-    assert res["AP50_tiny"] == pytest.approx(100.0)
-    assert res["settings"]["images_evaluated"] == 1
-    assert res["settings"]["dense_images_skipped"] == 1
-    assert any("dense" in w for w in res["warnings"])
+    res = evaluate(gt, dets)  # like the official code: every image of the file
+    # FP (0.99), TP (0.7); the second GT is missed: precision 1/2 up to recall 1/2
+    assert res["AP50_tiny"] == pytest.approx(100 * 0.5 * 51 / 101)
+    assert res["settings"]["images_evaluated"] == 2 and res["settings"]["dense_images"] == 1
+    assert any("flagged dense" in w for w in res["warnings"])
+    skipped = evaluate(gt, dets, skip_dense=True)
+    assert skipped["AP50_tiny"] == pytest.approx(100.0)
+    assert skipped["settings"]["images_evaluated"] == 1
+    assert skipped["settings"]["dense_images_skipped"] == 1
+    assert any("dense images were not evaluated" in w for w in skipped["warnings"])
+
+
+# ------------------------------------------------------------------ official protocol, hand-computed cases
+
+
+def test_detection_inside_a_larger_person_is_not_a_false_positive_of_the_tiny_range():
+    """A 12x12 detection inside a 30x30 person: IoU 0.16 matches nothing, but the person is outside
+    tiny (area 900 > 400), so it is an ignored GT of that range, and IoD = 144/144 = 1 >= t."""
+    gt = tiny_gt([PERSON, {"bbox": [200, 200, 30, 30]}])
+    dets = [det([209, 209, 12, 12], 0.9), det([10, 10, 10, 10], 0.8)]
+    official = evaluate(gt, dets)
+    assert official["AP50_tiny"] == pytest.approx(100.0)
+    assert official["AP75_tiny"] == pytest.approx(100.0)
+    coco = evaluate(gt, dets, protocol="coco")  # stock COCOeval: an FP ahead of the TP
+    assert coco["AP50_tiny"] == pytest.approx(50.0)
+    assert official["settings"]["protocol"] == "official" and coco["settings"]["protocol"] == "coco"
+    # in 'all' both GT count: the 12x12 detection is an FP under either protocol
+    assert official["AP50_all"] == pytest.approx(coco["AP50_all"]) == pytest.approx(100 * 0.5 * 51 / 101)
+
+
+def test_official_iod_uses_the_area_field_and_crowd_iou():
+    # crowd GT 40x40 with area field 100: COCO's crowd IoU of a 10x10 detection inside is 1, so
+    # IoD = 1/2 * (1 + 100/100) = 1; with the true IoU (0.0625) it would be 0.0588*2 = 0.118
+    gt = tiny_gt([PERSON, {"bbox": [100, 100, 40, 40], "area": 100.0, "iscrowd": 1}])
+    # the crowd GT matches the detection by COCO IoU already (crowd IoU 1 >= t): ignored in both
+    dets = [det([110, 110, 10, 10], 0.9), det([10, 10, 10, 10], 0.8)]
+    assert evaluate(gt, dets)["AP50_tiny"] == pytest.approx(100.0)
+    assert evaluate(gt, dets, protocol="coco")["AP50_tiny"] == pytest.approx(100.0)
+    # a non-crowd ignore GT, area field 4x the box: IoD = IoU/(1+IoU) * (1 + 4 A_box / A_det)
+    gt = tiny_gt([PERSON, {"bbox": [100, 100, 20, 20], "area": 1600.0, "ignore": True}])
+    dets = [det([115, 100, 10, 10], 0.9), det([10, 10, 10, 10], 0.8)]  # inter 50, IoU 50/450
+    iou = 50 / 450
+    iod = iou / (1 + iou) * (1 + 1600 / 100)
+    assert iod == pytest.approx(1.7)  # >= every threshold: ignored
+    assert evaluate(gt, dets)["AP75_tiny"] == pytest.approx(100.0)
+
+
+def test_official_iod_looks_at_already_matched_ignored_gt():
+    """Two identical 30x30 persons, outside tiny. At IoU 0.25, 18x18 detections A and B (IoU 0.36)
+    take them by IoU (both ignored); C finds both taken and is ignored by IoD = 1 because the IoD
+    step also looks at matched GT. COCO: C is a false positive ahead of the TP."""
+    big = {"bbox": [200, 200, 30, 30]}
+    gt = tiny_gt([PERSON, big, dict(big)])
+    dets = [det([200 + 6 * k, 200 + 6 * k, 18, 18], 0.9 - 0.05 * k) for k in range(3)]
+    dets.append(det([10, 10, 10, 10], 0.7))
+    assert evaluate(gt, dets)["AP25_tiny"] == pytest.approx(100.0)
+    assert evaluate(gt, dets, protocol="coco")["AP25_tiny"] == pytest.approx(50.0)
+    # in 'all' the persons count: TP, TP, FP, TP over 3 GT -> precision 1 to recall 2/3, then 3/4
+    all_range = evaluate(gt, dets)["AP25_all"]
+    assert all_range == pytest.approx(100 * (67 + 34 * 0.75) / 101)
+
+
+def test_gt_id_zero_counts_as_matched():
+    """Upstream stores matches as GT ids, so a match to GT id 0 reads as unmatched there. Not here."""
+    gt = tiny_gt([PERSON])
+    gt["annotations"][0]["id"] = 0
+    assert evaluate(gt, [det([10, 10, 10, 10], 0.9)])["AP50_tiny"] == pytest.approx(100.0)
 
 
 def test_max_dets_cut_per_image():

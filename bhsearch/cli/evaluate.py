@@ -13,13 +13,22 @@ Evaluate COCO-format detections ([{"image_id", "bbox": [x, y, w, h], "score"}, .
 tinyperson (default): AP at IoU 0.25/0.5/0.75 on the size ranges tiny [L,20], tiny1 [L,8],
 tiny2 [8,12], tiny3 [12,20], small [20,32] and all (size = sqrt(area); L = --area-lower, 1 as in
 the official TinyBenchmark code, 2 as in the paper), 101 recall points, one merged class, and
-the log-average miss rate (MR, 9 FPPI points in [0.01, 1]) at IoU 0.5. GT flagged ignore,
-uncertain or iscrowd are ignore regions: a detection that matches no GT but whose
-intersection-over-detection with one reaches the threshold (--iod-threshold) counts neither as
-TP nor as FP. Dense images are not evaluated. Results are in percent.
+the log-average miss rate (MR, 9 FPPI points in [0.01, 1]) at IoU 0.5. Results are in percent.
+
+  --protocol official (default) reproduces TinyBenchmark's evaluator, which produced the paper's
+  numbers: GT flagged ignore/uncertain/iscrowd and GT outside the size range are ignored in that
+  range, and a detection that matches no GT but whose IoD with an ignored GT reaches the threshold
+  counts neither as TP nor as FP (so a detection on a 30 px person is no FP of 'tiny').
+  --protocol coco is stock pycocotools COCOeval, with the IoD rule on flagged GT only.
+  Every image is evaluated, as the official code does; --skip-dense leaves out dense images.
 
 widerface: --gt is the WiderFace ground-truth folder (wider_face_val.mat ...), --dets a
 predictions folder or COCO results JSON.
+
+examples:
+  bhsearch evaluate --gt tiny_set/annotations/task/tiny_set_test_all.json --dets dets.json
+  bhsearch evaluate --gt GT.json --dets DETS.json --protocol coco --max-dets 1000 --json
+
 """
 
 
@@ -37,6 +46,14 @@ def register(subparsers) -> None:
         "--dets", required=True, metavar="DETS", help="detections: COCO results JSON, or a WiderFace prediction folder"
     )
     p.add_argument("--benchmark", choices=("tinyperson", "widerface"), default="tinyperson")
+    p.add_argument(
+        "--protocol",
+        choices=("official", "coco"),
+        default="official",
+        help="official: TinyBenchmark's evaluator (the paper's numbers, default); coco: stock pycocotools "
+        "plus the IoD rule on flagged GT",
+    )
+    p.add_argument("--skip-dense", action="store_true", help="leave out images flagged dense (in_dense_image)")
     p.add_argument(
         "--max-dets", type=int, default=200, help="detections kept per image (200: paper-era code; 1000: TOV)"
     )
@@ -78,7 +95,13 @@ def run(args) -> int:
         raise UsageError(f"--max-dets must be positive, got {args.max_dets}")
     area_lower = int(args.area_lower) if float(args.area_lower).is_integer() else args.area_lower
     result = evaluate(
-        args.gt, args.dets, max_dets=args.max_dets, iod_threshold=args.iod_threshold, area_lower=area_lower
+        args.gt,
+        args.dets,
+        max_dets=args.max_dets,
+        iod_threshold=args.iod_threshold,
+        area_lower=area_lower,
+        protocol=args.protocol,
+        skip_dense=args.skip_dense,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -100,7 +123,8 @@ def _print_tinyperson(result: dict) -> None:
     console = Console()
     s = result["settings"]
     lo = s["size_ranges"]["tiny"][0]
-    table = Table(title="TinyPerson (TinyBenchmark rules), percent")
+    title = {"official": "official TinyBenchmark protocol", "coco": "COCO protocol"}[s["protocol"]]
+    table = Table(title=f"TinyPerson, {title}, percent")
     table.add_column("metric")
     for name in RANGE_NAMES:
         table.add_column(name, justify="right")
@@ -109,9 +133,10 @@ def _print_tinyperson(result: dict) -> None:
         table.add_row(label, *(_fmt(result.get(f"{metric}_{name}")) for name in RANGE_NAMES))
     console.print(table)
     console.print(
-        f"settings: IoU {s['iou_thresholds']}, maxDets {s['max_dets']}, IoD threshold rule '{s['iod_threshold']}', "
+        f"settings: protocol {s['protocol']}, IoU {s['iou_thresholds']}, maxDets {s['max_dets']}, IoD threshold rule '{s['iod_threshold']}', "
         f"area_lower {s['area_lower']} (tiny = [{lo:g}, 20] px), {s['recall_points']} recall points; "
-        f"{s['images_evaluated']} images evaluated, {s['dense_images_skipped']} dense skipped, "
+        f"{s['images_evaluated']} images evaluated ({s['dense_images']} flagged dense, "
+        f"{s['dense_images_skipped']} skipped), "
         f"{s['gt_boxes']} GT ({s['gt_ignore_regions']} ignore), {s['detections']} detections",
         highlight=False,
     )

@@ -1,16 +1,22 @@
-"""TinyPerson AP / MR evaluator (TinyBenchmark rules), vectorised with numpy.
+"""TinyPerson AP / MR evaluator, vectorised with numpy: the official protocol and a COCO one.
 
-Semantics follow pycocotools' ``COCOeval`` (bbox) exactly where no GT carries an ignore flag:
-detections sorted by score (stable), cut to ``max_dets`` per image, GT out of the size range
-treated as ignore, greedy matching that prefers non-ignore GT, 101-point interpolated precision.
-On top come the TinyBenchmark rules: one merged class; ``ignore``, ``uncertain`` and ``iscrowd``
-GT are ignore regions; a detection left unmatched is ignored (neither TP nor FP) when its
-intersection-over-detection with a flagged ignore GT reaches the IoD threshold; images flagged
-dense are not evaluated. See ``docs/evaluation.md``.
+``protocol="official"`` (default) reproduces TinyBenchmark's fork of ``COCOeval``
+(``maskrcnn_benchmark/data/datasets/evaluation/coco/cocoeval.py`` run with
+``ignore_uncertain=True, use_iod_for_ignore=True``, the evaluator behind the paper's numbers):
+one merged class; GT flagged ``ignore`` / ``uncertain`` / ``iscrowd`` and GT outside the size range
+are ignored in that range; COCO's greedy IoU matching; then a detection left unmatched is ignored
+(neither TP nor FP) when its IoD = v/(1+v)*(1+A_gt/A_det) — v the COCO IoU, A_gt the ``area``
+field — with the first ignored GT of maximal IoD reaches the IoU threshold; that GT is then marked
+matched. Every image in the file is evaluated. One upstream bug is deliberately not reproduced:
+matches are stored there as GT ids, so a detection matched to a GT whose id is 0 reads as
+unmatched; here matches are kept by position.
+
+``protocol="coco"`` is stock pycocotools ``COCOeval`` (equal to it to 1e-9 when no GT is
+flagged) with the IoD step restricted to flagged GT, using the true IoU.
 
 Speed: IoU matrices are computed per image; the greedy matching, which is sequential within an
 image, runs in lock-step across all images (and all IoU thresholds and size ranges at once) over
-the few detections that overlap any GT at all.
+the few detections that overlap any GT at all. See ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from bhsearch.errors import DataError, UsageError
 IOU_THRESHOLDS = (0.25, 0.5, 0.75)
 RANGE_NAMES = ("tiny", "tiny1", "tiny2", "tiny3", "small", "all")
 IOD_RULES = ("iou", "2iou/(1+iou)", "none")
+PROTOCOLS = ("official", "coco")
 MR_IOU = 0.5
 # Same construction as pycocotools' Params.recThrs, so the floats are bit-identical.
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -67,7 +74,7 @@ def iod_thresholds(iou_thresholds, rule: str) -> np.ndarray:
 
 @dataclass
 class GroundTruth:
-    """GT of the evaluated (non-dense) images, flat and grouped by image (sorted image ids)."""
+    """GT of the evaluated images, flat and grouped by image (sorted image ids)."""
 
     image_ids: np.ndarray  # (I,) evaluated image ids, sorted
     offsets: np.ndarray  # (I+1,) GT slice of each image
@@ -76,7 +83,8 @@ class GroundTruth:
     crowd: np.ndarray  # (G,) bool
     flagged: np.ndarray  # (G,) bool: ignore | uncertain | iscrowd
     all_image_ids: set  # every image id of the file, dense included
-    dense_image_ids: set
+    dense_image_ids: set  # images flagged dense (skipped only with ``skip_dense``)
+    skip_dense: bool = False
     source: str = "GT"
 
 
@@ -128,8 +136,12 @@ def _check_box(bbox: Any, where: str) -> list[float]:
     return [x, y, w, h]
 
 
-def load_ground_truth(gt: dict | str | Path) -> GroundTruth:
-    """Read a COCO-style TinyPerson GT dict or JSON file (not modified)."""
+def load_ground_truth(gt: dict | str | Path, skip_dense: bool = False) -> GroundTruth:
+    """Read a COCO-style TinyPerson GT dict or JSON file (not modified).
+
+    Every image is evaluated, as the official code does; ``skip_dense`` leaves out the images
+    flagged dense (``in_dense_image``/``dense`` on the image or on any of its annotations).
+    """
     source = "GT"
     if isinstance(gt, (str, Path)):
         source = str(gt)
@@ -174,7 +186,7 @@ def load_ground_truth(gt: dict | str | Path) -> GroundTruth:
             dense.add(ann["image_id"])
         rows.append((ann["image_id"], box, area, crowd, flagged))
     try:
-        image_ids = sorted(all_ids - dense)
+        image_ids = sorted(all_ids - dense if skip_dense else all_ids)
     except TypeError:
         raise DataError(f"{source}: image ids mix integers and strings") from None
     index = {img_id: k for k, img_id in enumerate(image_ids)}
@@ -191,6 +203,7 @@ def load_ground_truth(gt: dict | str | Path) -> GroundTruth:
         flagged=np.array([r[4] for r in rows], dtype=bool)[order],
         all_image_ids=all_ids,
         dense_image_ids=dense,
+        skip_dense=skip_dense,
         source=source,
     )
 
@@ -238,7 +251,8 @@ def _image_index(img: list, gt: GroundTruth) -> np.ndarray | None:
         lookup[np.searchsorted(known, np.array(list(gt.image_ids), dtype=np.int64))] = np.arange(dense_mark)
         return lookup[pos]
     index = {img_id: k for k, img_id in enumerate(gt.image_ids)}
-    index.update({img_id: dense_mark for img_id in gt.dense_image_ids})
+    if gt.skip_dense:
+        index.update({img_id: dense_mark for img_id in gt.dense_image_ids})
     try:
         out = np.fromiter((index.get(i, -1) for i in img), dtype=np.int64, count=len(img))
     except TypeError:  # unhashable image id
@@ -286,11 +300,13 @@ def load_detections(dets: list | str | Path, gt: GroundTruth) -> Detections:
 # -------------------------------------------------------------------------------------------- matching
 
 
-def _pair_matrices(dbox, gbox, garea, crowd, flagged, use_iod=True):
-    """Rows of detections that touch any GT, their matching IoU and their IoD against flagged GT.
+def _pair_matrices(dbox, gbox, garea, crowd, iod_over, crowd_iou_in_iod=True):
+    """Rows of detections that touch any GT, their matching IoU and their IoD.
 
-    Matching IoU is COCO's (crowd GT: intersection / detection area); IoD = IoU/(1+IoU)*(1+A_gt/A_det)
-    with A_gt the GT ``area`` field, -1 where the GT is not flagged.
+    Matching IoU is COCO's (crowd GT: intersection / detection area). IoD = v/(1+v)*(1+A_gt/A_det)
+    with A_gt the GT ``area`` field and v the matching IoU, as the official TinyBenchmark code
+    computes it (``crowd_iou_in_iod=False``: the true IoU also for crowd GT). It is -1 for GT outside
+    ``iod_over`` (None: no IoD step at all) and for empty detections.
     """
     gx, gy, gw, gh = (gbox[None, :, i] for i in range(4))
     w = np.minimum(dbox[:, 2, None] + dbox[:, 0, None], gw + gx) - np.maximum(dbox[:, 0, None], gx)
@@ -304,9 +320,10 @@ def _pair_matrices(dbox, gbox, garea, crowd, flagged, use_iod=True):
         iou = np.where(hit, inter / (da + gw * gh - inter), 0.0)
         match = np.where(crowd[None, :], np.where(hit, inter / da, 0.0), iou) if crowd.any() else iou
         iod = None
-        if use_iod and flagged.any():
-            iod = iou / (1 + iou) * (1 + garea[None, :] / da)
-            iod = np.where(flagged[None, :] & hit & (da > 0), iod, -1.0)
+        if iod_over is not None and iod_over.any():
+            v = match if crowd_iou_in_iod else iou
+            iod = v / (1 + v) * (1 + garea[None, :] / da)
+            iod = np.where(iod_over[None, :] & hit & (da > 0), iod, -1.0)
     return rows, match, iod
 
 
@@ -362,11 +379,13 @@ def _lockstep_match(bucket, gt, thr, iod_thr, ranges, matched, ignored):
         hit = has_non | has_ign
         ig = ~has_non & has_ign
         if any_iod:
-            irow = Iod[:n, k, ::-1]  # back to original GT order: argmax = first max, like the official code
+            # IoD over the GT ignored in each range (flagged or out of range), back in original GT
+            # order so that argmax gives the first maximum, like the official code
+            irow = np.where(~okn[:, :, ::-1], Iod[None, :n, k, ::-1], -1.0)  # (A, n, G)
             j = irow.argmax(-1)
-            iod_val = irow[np.arange(n), j]
-            by_iod = ~hit & (iod_val[None, None, :] >= iod_thr[:, None, None])
-            chosen = np.where(by_iod, G - 1 - j, chosen)
+            iod_val = np.take_along_axis(irow, j[..., None], -1)[..., 0]
+            by_iod = ~hit & (iod_val[None] >= iod_thr[:, None, None])
+            chosen = np.where(by_iod, G - 1 - j[None], chosen)
             hit |= by_iod
             ig |= by_iod
         prev = np.take_along_axis(u, chosen[..., None], -1)
@@ -378,7 +397,7 @@ def _lockstep_match(bucket, gt, thr, iod_thr, ranges, matched, ignored):
     ignored[:, :, det[valid]] = out_i[:, :, valid]
 
 
-def _match_all(gt, det, thr, iod_thr, ranges, max_dets):
+def _match_all(gt, det, thr, iod_thr, ranges, max_dets, protocol):
     """Per-detection match/ignore flags for every (IoU threshold, size range), COCO order kept."""
     # per image, score-descending (stable), cut to max_dets
     by_score = np.argsort(-det.scores, kind="stable")
@@ -402,6 +421,9 @@ def _match_all(gt, det, thr, iod_thr, ranges, max_dets):
     t_min = float(thr.min())
     i_min = float(iod_thr.min())
     use_iod = bool(np.isfinite(i_min))
+    # official: the IoD step looks at every GT ignored in the range (out-of-range ones too);
+    # coco: only at flagged GT, so that unflagged sets give stock pycocotools results
+    iod_over = None if not use_iod else np.ones(len(gt.flagged), bool) if protocol == "official" else gt.flagged
     buckets: dict[int, _Bucket] = {}
     for i in range(n_img):
         s, e = gt.offsets[i], gt.offsets[i + 1]
@@ -409,7 +431,9 @@ def _match_all(gt, det, thr, iod_thr, ranges, max_dets):
         if s == e or d0 == d1:
             continue
         rows, match, iod = _pair_matrices(
-            boxes[d0:d1], gt.boxes[s:e], gt.areas[s:e], gt.crowd[s:e], gt.flagged[s:e], use_iod
+            boxes[d0:d1], gt.boxes[s:e], gt.areas[s:e], gt.crowd[s:e],
+            None if iod_over is None else iod_over[s:e],
+            crowd_iou_in_iod=protocol == "official",
         )
         cand = match.max(1, initial=-1.0) >= t_min
         if iod is not None:
@@ -475,8 +499,9 @@ def log_average_miss_rate(tp: np.ndarray, fp: np.ndarray, npig: int, n_images: i
     return float(np.exp(np.mean(np.log(miss))))
 
 
-def _settings(thr, ranges, max_dets, iod_threshold, area_lower, gt, det, cut):
+def _settings(protocol, thr, ranges, max_dets, iod_threshold, area_lower, gt, det, cut):
     return {
+        "protocol": protocol,
         "iou_thresholds": [float(t) for t in thr],
         "area_ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in ranges.items()},
         "size_ranges": {name: [math.sqrt(lo), math.sqrt(hi)] for name, (lo, hi) in ranges.items()},
@@ -487,7 +512,8 @@ def _settings(thr, ranges, max_dets, iod_threshold, area_lower, gt, det, cut):
         "fppi_points": [float(f) for f in FPPI_POINTS],
         "mr_iou": MR_IOU,
         "images_evaluated": len(gt.image_ids),
-        "dense_images_skipped": len(gt.dense_image_ids),
+        "dense_images": len(gt.dense_image_ids),
+        "dense_images_skipped": len(gt.dense_image_ids) if gt.skip_dense else 0,
         "gt_boxes": int(len(gt.boxes)),
         "gt_ignore_regions": int(gt.flagged.sum()),
         "detections": int(len(det.scores)),
@@ -502,12 +528,18 @@ def evaluate(
     max_dets: int = 200,
     iod_threshold: str = "iou",
     area_lower: float = 1,
+    protocol: str = "official",
+    skip_dense: bool = False,
 ) -> dict:
     """Evaluate COCO-format detections on TinyPerson GT; AP/MR in percent (None: no GT in range).
 
+    ``protocol="official"`` reproduces TinyBenchmark's evaluator (the paper's numbers); ``"coco"``
+    is stock pycocotools plus the IoD rule on flagged GT only (see the module docstring).
     Keys ``AP25_<range>``, ``AP50_<range>``, ``AP75_<range>``, ``MR50_<range>`` for the ranges
-    tiny, tiny1, tiny2, tiny3, small, all; plus ``settings`` and ``warnings``.
+    tiny, tiny1, tiny2, tiny3, small, all; plus ``settings`` (naming the protocol) and ``warnings``.
     """
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if isinstance(max_dets, bool) or not isinstance(max_dets, (int, np.integer)) or max_dets < 1:
         raise UsageError(f"max_dets must be a positive integer, got {max_dets!r}")
     if not isinstance(area_lower, (int, float)) or not 0 < area_lower < 20:
@@ -515,13 +547,18 @@ def evaluate(
     thr = np.array(IOU_THRESHOLDS, dtype=np.float64)
     iod_thr = iod_thresholds(thr, iod_threshold)
     ranges = area_ranges(area_lower)
-    g = load_ground_truth(gt)
+    g = load_ground_truth(gt, skip_dense=skip_dense)
     d = load_detections(dets, g)
     warnings = list(d.warnings)
+    if g.dense_image_ids and not skip_dense:
+        warnings.append(
+            f"{len(g.dense_image_ids)} images are flagged dense and were evaluated (the official code does; "
+            "--skip-dense leaves them out)"
+        )
     if len(d.scores) == 0:
         warnings.append("no detections to evaluate: every AP is 0")
     rng = list(ranges.values())
-    matched, ignored, scores, cut = _match_all(g, d, np.minimum(thr, 1 - 1e-10), iod_thr, rng, max_dets)
+    matched, ignored, scores, cut = _match_all(g, d, np.minimum(thr, 1 - 1e-10), iod_thr, rng, max_dets, protocol)
     if cut:
         warnings.append(f"{cut} detections beyond max_dets={max_dets} per image were dropped")
     order = np.argsort(-scores, kind="mergesort")
@@ -541,7 +578,7 @@ def evaluate(
                 mr[f"MR50_{name}"] = None if lamr < 0 else 100.0 * lamr
     out = {key: result[key] for key in sorted(result, key=_key_order)}
     out.update(mr)
-    out["settings"] = _settings(thr, ranges, max_dets, iod_threshold, area_lower, g, d, cut)
+    out["settings"] = _settings(protocol, thr, ranges, max_dets, iod_threshold, area_lower, g, d, cut)
     out["warnings"] = warnings
     return out
 
