@@ -166,6 +166,78 @@ def reference_loops(gt: dict, dets: list, max_dets: int, iod_rule: str, protocol
     return out
 
 
+def reference_official_mr(gt: dict, dets: list) -> dict:
+    """Plain loops written from the official miss-rate rules (docstring of bhsearch.evaluation.miss_rate)."""
+    setups = {"tiny": (2, 20), "tiny1": (2, 8), "tiny2": (8, 12), "tiny3": (12, 20), "small": (20, 32), "all": (-1, 1e10)}
+    fppi_points = np.exp(np.arange(np.log(0.01), np.log(1.0) + 1e-10, np.log(100) / 8))
+    images = sorted(img["id"] for img in gt["images"])
+
+    def overlap(d, g, ignored):
+        w = min(d[0] + d[2], g[0] + g[2]) - max(d[0], g[0])
+        h = min(d[1] + d[3], g[1] + g[3]) - max(d[1], g[1])
+        if w <= 0 or h <= 0:
+            return 0.0
+        return w * h / (d[2] * d[3] if ignored else d[2] * d[3] + g[2] * g[3] - w * h)
+
+    out = {}
+    for name, (lo, hi) in setups.items():
+        for thr in (0.25, 0.5, 0.75):
+            rows, npig = [], 0
+            for img in images:
+                gts = [a for a in gt["annotations"] if a["image_id"] == img]
+                ig = [bool(g.get("ignore") or g.get("uncertain")) or not lo <= g["area"] ** 0.5 <= hi for g in gts]
+                npig += ig.count(False)
+                order = sorted(range(len(gts)), key=lambda k: ig[k])
+                dts = sorted((d for d in dets if d["image_id"] == img), key=lambda d: -d["score"])[:1000]
+                dts = [d for d in dts if lo / 1.25 <= (d["bbox"][2] * d["bbox"][3]) ** 0.5 < hi * 1.25]
+                used = set()
+                for d in dts:
+                    best, m = thr, None
+                    for k in order:
+                        if k in used:
+                            continue
+                        if m is not None and ig[k]:
+                            break
+                        v = overlap(d["bbox"], gts[k]["bbox"], ig[k])
+                        if v >= best:
+                            best, m = v, k
+                    if m is None:
+                        darea = d["bbox"][2] * d["bbox"][3]
+                        iods = [
+                            overlap(d["bbox"], gts[k]["bbox"], True) / (1 + overlap(d["bbox"], gts[k]["bbox"], True))
+                            * (1 + gts[k]["area"] / darea)
+                            for k in order
+                            if ig[k] and darea > 0
+                        ]
+                        rows.append((d["score"], 0 if iods and max(iods) > 0.5 else -1))
+                    elif ig[m]:
+                        rows.append((d["score"], 0))
+                    else:
+                        used.add(m)
+                        rows.append((d["score"], 1))
+            key = f"MR{round(thr * 100)}_{name}"
+            if npig == 0:
+                out[key] = None
+                continue
+            rank = np.argsort([-r[0] for r in rows], kind="mergesort")
+            tp = fp = 0
+            curve = []
+            for r in rank:
+                tp += rows[r][1] == 1
+                fp += rows[r][1] == -1
+                curve.append((fp / len(images), tp / npig))
+            if not curve:
+                out[key] = 100.0
+                continue
+            recalls = []
+            for f in fppi_points:
+                below = [rc for fp_i, rc in curve if fp_i <= f]
+                recalls.append(below[-1] if below else curve[-1][1])  # upstream's index -1
+            miss = [1 - r for r in recalls]
+            out[key] = 0.0 if min(miss) <= 0 else 100 * math.exp(sum(math.log(m) for m in miss) / len(miss))
+    return out
+
+
 def assert_close(ours: dict, ref: dict, tol: float) -> None:
     for key, value in ref.items():
         if value is None or ours[key] is None:
@@ -241,6 +313,8 @@ def test_official_protocol_equals_reference_loops(seed):
     ours = evaluate(gt, dets, max_dets=max_dets)
     assert ours["settings"]["protocol"] == "official"
     assert_close(ours, reference_loops(gt, dets, max_dets, "iou"), 1e-9)
+    assert_close(ours, reference_official_mr(gt, dets), 1e-9)
+    assert any(v not in (None, 0.0, 100.0) for k, v in ours.items() if k.startswith("MR"))
 
 
 def test_official_protocol_differs_from_coco_without_flags():
@@ -390,7 +464,8 @@ def test_ranges_and_undefined_ap():
     assert evaluate(tiny_gt([PERSON]), [], area_lower=2)["settings"]["area_ranges"]["tiny"] == [4.0, 400.0]
 
 
-def test_log_average_miss_rate_hand_case():
+@pytest.mark.parametrize("protocol", ["official", "coco"])
+def test_log_average_miss_rate_hand_case(protocol):
     gt = tiny_gt([{**PERSON, "image_id": i} for i in (1, 2, 3, 4)], n_images=4)
     dets = [
         det([10, 10, 10, 10], 0.9, 1),  # TP  fppi 0    recall .25
@@ -403,9 +478,24 @@ def test_log_average_miss_rate_hand_case():
     miss = [0.75 if f < 0.25 else 0.5 if f < 0.75 else 0.25 for f in FPPI_POINTS]
     assert [m for m in miss] == [0.75] * 6 + [0.5, 0.5, 0.25]
     expected = 100 * math.exp(sum(math.log(m) for m in miss) / 9)
-    res = evaluate(gt, dets)
+    res = evaluate(gt, dets, protocol=protocol)
     assert res["MR50_tiny"] == pytest.approx(expected, abs=1e-9)
     assert res["MR50_tiny"] == pytest.approx(60.66, abs=0.01)
+
+
+def test_official_miss_rate_hand_cases():
+    gt = tiny_gt([PERSON])
+    dets = [det([300, 300, 10, 10], 0.9), det([10, 10, 10, 10], 0.8)]  # FP then TP: fppi 1 from the start
+    # official: no detection has fppi <= 0.01 ... 0.56, and upstream's index -1 then reads the final
+    # recall (1): every miss rate is 0, so MR = 0
+    assert evaluate(gt, dets)["MR50_tiny"] == 0.0
+    # coco protocol: recall 0 at the first 8 points, 1 at fppi 1, miss rates floored at 1e-10
+    assert evaluate(gt, dets, protocol="coco")["MR50_tiny"] == pytest.approx(100 * 1e-10 ** (1 / 9))
+    # a 40 px detection is outside tiny's [2/1.25, 20*1.25) and dropped: not a false positive there
+    dets = [det([100, 100, 40, 40], 0.95), det([10, 10, 10, 10], 0.8)]
+    res = evaluate(gt, dets)
+    assert res["MR50_tiny"] == 0.0 and res["MR25_tiny"] == 0.0
+    assert res["settings"]["miss_rate"]["max_dets"] == 1000
 
 
 def test_empty_detections_give_zero_with_warning():

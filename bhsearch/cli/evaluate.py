@@ -128,8 +128,10 @@ def _print_tinyperson(result: dict) -> None:
     table.add_column("metric")
     for name in RANGE_NAMES:
         table.add_column(name, justify="right")
-    for metric in ("AP50", "AP25", "AP75", "MR50"):
-        label = metric + (" (lower is better)" if metric == "MR50" else "")
+    for metric in ("AP50", "AP25", "AP75", "MR50", "MR25", "MR75"):
+        if not any(f"{metric}_{name}" in result for name in RANGE_NAMES):
+            continue
+        label = metric + (" (lower is better)" if metric.startswith("MR") else "")
         table.add_row(label, *(_fmt(result.get(f"{metric}_{name}")) for name in RANGE_NAMES))
     console.print(table)
     console.print(

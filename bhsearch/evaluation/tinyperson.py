@@ -82,6 +82,9 @@ class GroundTruth:
     areas: np.ndarray  # (G,) the annotation's ``area`` (w*h when absent)
     crowd: np.ndarray  # (G,) bool
     flagged: np.ndarray  # (G,) bool: ignore | uncertain | iscrowd
+    ignore_attr: np.ndarray  # (G,) bool: ignore | uncertain (the miss-rate tool's flags)
+    sizes: np.ndarray  # (G,) the annotation's ``size`` (sqrt(area) when absent)
+    visible: np.ndarray  # (G,) bool: visible fraction of the ``vis`` box >= 0.65 (True without one)
     all_image_ids: set  # every image id of the file, dense included
     dense_image_ids: set  # images flagged dense (skipped only with ``skip_dense``)
     skip_dense: bool = False
@@ -136,6 +139,27 @@ def _check_box(bbox: Any, where: str) -> list[float]:
     return [x, y, w, h]
 
 
+def _number(value: Any, where: str, key: str) -> float:
+    if isinstance(value, bool):
+        raise DataError(f"{where}: '{key}' must be a number, got {_short(value)}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: '{key}' must be a number, got {_short(value)}") from None
+    if not math.isfinite(out):
+        raise DataError(f"{where}: '{key}' is not finite")
+    return out
+
+
+def _visible(ann: dict, box: list[float]) -> bool:
+    """CityPersons visibility rule: (vis_w / w) * (vis_h / h) >= 0.65 when a ``vis`` box is given."""
+    vis = ann.get("vis")
+    if vis is None or box[2] <= 0 or box[3] <= 0:
+        return True
+    vis = _check_box(vis, "vis")
+    return (vis[2] / box[2]) * (vis[3] / box[3]) >= 0.65
+
+
 def load_ground_truth(gt: dict | str | Path, skip_dense: bool = False) -> GroundTruth:
     """Read a COCO-style TinyPerson GT dict or JSON file (not modified).
 
@@ -181,10 +205,11 @@ def load_ground_truth(gt: dict | str | Path, skip_dense: bool = False) -> Ground
         if not math.isfinite(area):
             raise DataError(f"{where}: 'area' is not finite")
         crowd = _truthy(ann.get("iscrowd", 0))
-        flagged = crowd or _truthy(ann.get("ignore", 0)) or _truthy(ann.get("uncertain", 0))
+        ignore_attr = _truthy(ann.get("ignore", 0)) or _truthy(ann.get("uncertain", 0))
         if _truthy(ann.get("in_dense_image", 0)):
             dense.add(ann["image_id"])
-        rows.append((ann["image_id"], box, area, crowd, flagged))
+        size = _number(ann["size"], where, "size") if "size" in ann else math.sqrt(max(area, 0.0))
+        rows.append((ann["image_id"], box, area, crowd, crowd or ignore_attr, ignore_attr, size, _visible(ann, box)))
     try:
         image_ids = sorted(all_ids - dense if skip_dense else all_ids)
     except TypeError:
@@ -201,6 +226,9 @@ def load_ground_truth(gt: dict | str | Path, skip_dense: bool = False) -> Ground
         areas=np.array([r[2] for r in rows], dtype=np.float64)[order],
         crowd=np.array([r[3] for r in rows], dtype=bool)[order],
         flagged=np.array([r[4] for r in rows], dtype=bool)[order],
+        ignore_attr=np.array([r[5] for r in rows], dtype=bool)[order],
+        sizes=np.array([r[6] for r in rows], dtype=np.float64)[order],
+        visible=np.array([r[7] for r in rows], dtype=bool)[order],
         all_image_ids=all_ids,
         dense_image_ids=dense,
         skip_dense=skip_dense,
@@ -510,7 +538,7 @@ def _settings(protocol, thr, ranges, max_dets, iod_threshold, area_lower, gt, de
         "area_lower": area_lower,
         "recall_points": len(RECALL_THRESHOLDS),
         "fppi_points": [float(f) for f in FPPI_POINTS],
-        "mr_iou": MR_IOU,
+        "miss_rate": _mr_settings(protocol),
         "images_evaluated": len(gt.image_ids),
         "dense_images": len(gt.dense_image_ids),
         "dense_images_skipped": len(gt.dense_image_ids) if gt.skip_dense else 0,
@@ -519,6 +547,21 @@ def _settings(protocol, thr, ranges, max_dets, iod_threshold, area_lower, gt, de
         "detections": int(len(det.scores)),
         "detections_over_max_dets": cut,
         "detections_on_dense_images": det.dropped_dense,
+    }
+
+
+def _mr_settings(protocol: str) -> dict:
+    if protocol == "coco":
+        return {"tool": "COCO-style matching at IoU 0.5", "iou_thresholds": [MR_IOU], "max_dets": "as AP"}
+    from bhsearch.evaluation import miss_rate as m
+
+    return {
+        "tool": "TinyBenchmark CityPersons fork (eval_MR_multisetup)",
+        "iou_thresholds": list(m.MR_IOU_THRESHOLDS),
+        "size_ranges": {k: list(v) for k, v in m.MR_SETUPS.items()},
+        "max_dets": m.MR_MAX_DETS,
+        "detection_size_filter": [1 / m.MR_SIZE_EXPAND, m.MR_SIZE_EXPAND],
+        "iod_threshold": m.MR_IOD_THRESHOLD,
     }
 
 
@@ -573,11 +616,15 @@ def evaluate(
             tp, fp = _curves(matched[t, a], ignored[t, a])
             ap = average_precision(tp, fp, npig)
             result[f"AP{round(iou * 100)}_{name}"] = None if ap < 0 else 100.0 * ap
-            if iou == MR_IOU:
+            if iou == MR_IOU and protocol == "coco":
                 lamr = log_average_miss_rate(tp, fp, npig, len(g.image_ids))
                 mr[f"MR50_{name}"] = None if lamr < 0 else 100.0 * lamr
+    if protocol == "official":
+        from bhsearch.evaluation.miss_rate import official_miss_rates
+
+        mr = official_miss_rates(g, d)
     out = {key: result[key] for key in sorted(result, key=_key_order)}
-    out.update(mr)
+    out.update(sorted(mr.items(), key=lambda kv: _key_order(kv[0])))
     out["settings"] = _settings(protocol, thr, ranges, max_dets, iod_threshold, area_lower, g, d, cut)
     out["warnings"] = warnings
     return out
@@ -585,4 +632,4 @@ def evaluate(
 
 def _key_order(key: str) -> tuple[int, int]:
     metric, name = key.split("_", 1)
-    return ({"AP50": 0, "AP25": 1, "AP75": 2}[metric], RANGE_NAMES.index(name))
+    return ({"AP50": 0, "AP25": 1, "AP75": 2, "MR50": 3, "MR25": 4, "MR75": 5}[metric], RANGE_NAMES.index(name))
