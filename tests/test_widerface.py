@@ -491,3 +491,24 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
         res = _bhsearch(*args)
         assert res.returncode == 2, res.stderr
         assert "Traceback" not in res.stderr and "error:" in res.stderr
+
+
+def test_gt_lists_are_integer_index_arrays_the_public_port_can_use(synth):
+    """The public Python port of the official tool indexes ``ignore[keep_index - 1]`` with gt_list values."""
+    import scipy.io
+
+    gt_dir = next(synth.rglob("wider_hard_val.mat")).parent
+    face = scipy.io.loadmat(str(gt_dir / "wider_face_val.mat"))
+    for setting in ("easy", "medium", "hard"):
+        gt_list = scipy.io.loadmat(str(gt_dir / f"wider_{setting}_val.mat"))["gt_list"]
+        kept = 0
+        for i in range(len(face["event_list"])):
+            boxes, sub_gt_list = face["face_bbx_list"][i][0], gt_list[i][0]
+            for j in range(len(boxes)):
+                keep_index = sub_gt_list[j][0]
+                assert keep_index.dtype.kind == "i", keep_index.dtype
+                ignore = np.zeros(boxes[j][0].shape[0])
+                if len(keep_index) != 0:
+                    ignore[keep_index - 1] = 1  # the port's own line: IndexError with float arrays
+                kept += int(ignore.sum())
+        assert kept > 0

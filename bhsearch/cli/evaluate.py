@@ -22,12 +22,17 @@ the log-average miss rate (MR, 9 FPPI points in [0.01, 1]) at IoU 0.5. Results a
   --protocol coco is stock pycocotools COCOeval, with the IoD rule on flagged GT only.
   Every image is evaluated, as the official code does; --skip-dense leaves out dense images.
 
+aitod: the AI-TOD toolkit's COCOeval (aitodpycocotools / faster-coco-eval-aitod): per class,
+IoU 0.50:0.95, maxDets 1500, ranges very tiny [0,8], tiny [8,16], small [16,32], medium [32,1e5];
+keys AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m.
+
 widerface: --gt is the WiderFace ground-truth folder (wider_face_val.mat ...), --dets a
 predictions folder or COCO results JSON.
 
 examples:
   bhsearch evaluate --gt tiny_set/annotations/task/tiny_set_test_all.json --dets dets.json
   bhsearch evaluate --gt GT.json --dets DETS.json --protocol coco --max-dets 1000 --json
+  bhsearch evaluate --benchmark aitod --gt AI-TOD/annotations/aitod_test_v1.json --dets dets.json
 
 """
 
@@ -45,7 +50,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--dets", required=True, metavar="DETS", help="detections: COCO results JSON, or a WiderFace prediction folder"
     )
-    p.add_argument("--benchmark", choices=("tinyperson", "widerface"), default="tinyperson")
+    p.add_argument(
+        "--benchmark",
+        choices=("tinyperson", "aitod", "widerface"),
+        default="tinyperson",
+        help="tinyperson (default), aitod (AI-TOD toolkit COCOeval) or widerface",
+    )
     p.add_argument(
         "--protocol",
         choices=("official", "coco"),
@@ -55,7 +65,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--skip-dense", action="store_true", help="leave out images flagged dense (in_dense_image)")
     p.add_argument(
-        "--max-dets", type=int, default=200, help="detections kept per image (200: paper-era code; 1000: TOV)"
+        "--max-dets",
+        type=int,
+        default=None,
+        help="detections kept per image (TinyPerson: 200 as the paper-era code, default; 1000 as TOV; AI-TOD: 1500)",
     )
     p.add_argument(
         "--iod-threshold",
@@ -89,8 +102,20 @@ def run(args) -> int:
             _print_flat(result, "WiderFace")
         return 0
 
+    if args.benchmark == "aitod":
+        from bhsearch.evaluation.aitod import AITOD_MAX_DETS, evaluate_aitod
+
+        result = evaluate_aitod(args.gt, args.dets, max_dets=AITOD_MAX_DETS if args.max_dets is None else args.max_dets)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            _print_flat(result, "AI-TOD (AI-TOD toolkit COCOeval), percent")
+        return 0
+
     from bhsearch.evaluation.tinyperson import evaluate
 
+    if args.max_dets is None:
+        args.max_dets = 200
     if args.max_dets < 1:
         raise UsageError(f"--max-dets must be positive, got {args.max_dets}")
     area_lower = int(args.area_lower) if float(args.area_lower).is_integer() else args.area_lower

@@ -190,7 +190,7 @@ def _write_mats(folder: Path, split: str, images: list[tuple[str, str, np.ndarra
         gt_list = _cell(
             [
                 _cell(
-                    [setting_indices(f, min_height)[setting].astype(np.float64).reshape(-1, 1) for _, f in by_event[e]]
+                    [setting_indices(f, min_height)[setting].astype(np.int32).reshape(-1, 1) for _, f in by_event[e]]
                 )
                 for e in events
             ]

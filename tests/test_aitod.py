@@ -1,0 +1,151 @@
+"""AI-TOD: evaluator equal to faster-coco-eval-aitod (the AI-TOD toolkit), reader and generator, CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bhsearch.data.aitod import read_aitod, resolve_aitod, write_aitod
+from bhsearch.errors import DataError
+from bhsearch.evaluation.aitod import AITOD_CLASSES, evaluate_aitod
+
+KEYS = ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m")
+
+
+def random_set(seed: int, n_images: int = 10):
+    """8-class AI-TOD-like GT (2–45 px, a few crowd boxes) and noisy, partly mislabelled detections."""
+    rng = np.random.default_rng(seed)
+    images, anns, dets = [], [], []
+    for i in range(n_images):
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 800, "height": 800})
+        for _ in range(int(rng.integers(0, 15))):
+            s, (x, y) = rng.uniform(2, 45), rng.uniform(0, 700, 2)
+            c = int(rng.integers(1, 9))
+            w, h = s * rng.uniform(0.7, 1.3), s * rng.uniform(0.7, 1.3)
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": c,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": int(rng.random() < 0.05),
+                }
+            )
+            for _ in range(int(rng.integers(0, 4))):
+                j = rng.normal(0, 0.15 * s, 4)
+                box = [x + j[0], y + j[1], max(w + j[2], 1), max(h + j[3], 1)]
+                cat = c if rng.random() < 0.8 else int(rng.integers(1, 9))
+                dets.append({"image_id": i + 1, "category_id": cat, "bbox": box, "score": float(rng.random())})
+        for _ in range(int(rng.integers(0, 20))):
+            s = rng.uniform(2, 45)
+            box = [*rng.uniform(0, 700, 2), s, s]
+            dets.append({"image_id": i + 1, "category_id": int(rng.integers(1, 9)), "bbox": box, "score": float(rng.random())})
+    cats = [{"id": k, "name": n} for k, n in enumerate(AITOD_CLASSES, 1)]
+    return {"images": images, "annotations": anns, "categories": cats}, dets
+
+
+def toolkit(gt: dict, dets: list) -> dict:
+    """The AI-TOD toolkit's numbers (faster-coco-eval-aitod, stats 0 and 2–7), in percent."""
+    from faster_coco_eval_aitod import COCO, COCOeval_faster
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(copy.deepcopy(gt))
+        ev = COCOeval_faster(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return dict(zip(KEYS, (100 * ev.stats[k] for k in (0, 2, 3, 4, 5, 6, 7)), strict=True))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_equals_the_aitod_toolkit(seed):
+    gt, dets = random_set(seed)
+    ours, ref = evaluate_aitod(gt, dets), toolkit(gt, dets)
+    for key in KEYS:
+        assert ours[key] == pytest.approx(ref[key], abs=1e-7), key
+    assert ours["AP50"] > 5 and ours["settings"]["max_dets"] == 1500
+
+
+def test_max_dets_cut_equals_the_toolkit():
+    gt, dets = random_set(9)
+    from faster_coco_eval_aitod import COCO, COCOeval_faster
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(copy.deepcopy(gt))
+        ev = COCOeval_faster(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), "bbox")
+        ev.params.maxDets = [1, 3, 3]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert evaluate_aitod(gt, dets, max_dets=3)["AP"] == pytest.approx(100 * ev.stats[0], abs=1e-7)
+
+
+def test_hand_case_per_class_mean():
+    """Class 1: one perfect detection (AP 1); class 2: its only GT missed, an FP (AP 0) -> AP 50."""
+    gt = {
+        "images": [{"id": 1, "width": 800, "height": 800}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 6, 6], "area": 36, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [100, 100, 12, 12], "area": 144, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "airplane"}, {"id": 2, "name": "bridge"}],
+    }
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 6, 6], "score": 0.9},
+        {"image_id": 1, "category_id": 2, "bbox": [300, 300, 12, 12], "score": 0.8},
+    ]
+    res = evaluate_aitod(gt, dets)
+    assert res["AP"] == pytest.approx(50.0) and res["AP50"] == pytest.approx(50.0)
+    assert res["AP_vt"] == pytest.approx(100.0)  # only class 1 has a very tiny (<= 8 px) GT
+    assert res["AP_t"] == pytest.approx(0.0)
+    assert res["AP_s"] is None and res["AP_m"] is None
+
+
+def test_synthetic_set_is_in_the_release_layout_and_evaluates(tmp_path):
+    info = write_aitod(tmp_path, n_trainval=2, n_test=1, seed=3, image_size=256, objects=(30, 40))
+    assert 9 < info["size_mean"] < 16 and info["frac_lt_16"] > 0.6  # AI-TOD: mean 12.8 px
+    ann, images = resolve_aitod(tmp_path, "test")
+    assert ann.name == "aitod_test_v1.json" and images == tmp_path / "AI-TOD" / "test" / "images"
+    split = read_aitod(tmp_path / "AI-TOD", "trainval")
+    assert split.summary()["images"] == 2 and sum(split.summary()["per_class"].values()) == len(split.data["annotations"])
+    assert all((images.parent.parent / "trainval" / "images" / im["file_name"]).is_file() for im in split.data["images"])
+    gt = json.loads(ann.read_text())
+    dets = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=1.0) for a in gt["annotations"]]
+    assert evaluate_aitod(ann, dets)["AP"] == pytest.approx(toolkit(gt, dets)["AP"], abs=1e-7)
+
+
+def test_reader_errors_are_clear(tmp_path):
+    with pytest.raises(DataError, match="AI-TOD/annotations"):
+        resolve_aitod(tmp_path, "trainval")
+    write_aitod(tmp_path, n_trainval=1, n_test=1, image_size=128, objects=(2, 3))
+    path = tmp_path / "AI-TOD" / "annotations" / "aitod_test_v1.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["category_id"] = 42
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="category_id 42"):
+        read_aitod(tmp_path, "test")
+
+
+def test_cli_aitod(tmp_path):
+    gt, dets = random_set(5, n_images=4)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    run = [sys.executable, "-m", "bhsearch", "evaluate", "--benchmark", "aitod"]
+    proc = subprocess.run([*run, "--gt", str(tmp_path / "gt.json"), "--dets", str(tmp_path / "dets.json"), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["AP"] == pytest.approx(toolkit(gt, dets)["AP"], abs=1e-7)
+    assert res["settings"]["benchmark"] == "aitod"
+    (tmp_path / "bad.json").write_text(json.dumps([{"image_id": 99, "bbox": [1, 1, 2, 2], "score": 1}]))
+    proc = subprocess.run([*run, "--gt", str(tmp_path / "gt.json"), "--dets", str(tmp_path / "bad.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "image_id 99" in proc.stderr and "Traceback" not in proc.stderr
