@@ -68,7 +68,7 @@ def parse_args(argv=None):
 
 
 def ensure_data(args) -> tuple[str, str]:
-    from bhsearch.data import synthetic
+    from bhsearch.tasks.tinyperson import synthetic
 
     cifar, tiny = args.out / "data" / "cifar100", args.out / "data" / "tinyperson"
     if not (cifar / "cifar-100-python" / "train").is_file():

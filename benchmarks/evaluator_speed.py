@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from bhsearch.evaluation.tinyperson import IOU_THRESHOLDS, RANGE_NAMES, area_ranges, evaluate
+from bhsearch.tasks.tinyperson.evaluate import IOU_THRESHOLDS, RANGE_NAMES, area_ranges, evaluate
 
 
 def synthetic_set(n_images: int = 816, gt_per_image: float = 17.0, dets_per_image: int = 1000, seed: int = 0):

@@ -20,7 +20,7 @@ from pathlib import Path
 def _loader_rate(tiles, workers: int, batch: int, sampler, limit: int) -> float:
     from torch.utils.data import DataLoader
 
-    from bhsearch.data.tinyperson import collate_tiles
+    from bhsearch.tasks.tinyperson.reader import collate_tiles
 
     loader = DataLoader(
         tiles,
@@ -80,9 +80,9 @@ def main() -> None:
     from PIL import Image
     from torch.utils.data import RandomSampler
 
-    from bhsearch.data import synthetic
     from bhsearch.data.registry import resolve_tinyperson
-    from bhsearch.data.tinyperson import ImageGroupedSampler, TileDataset, TinyPersonDataset
+    from bhsearch.tasks.tinyperson import synthetic
+    from bhsearch.tasks.tinyperson.reader import ImageGroupedSampler, TileDataset, TinyPersonDataset
 
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()

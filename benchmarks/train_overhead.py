@@ -140,10 +140,11 @@ def detection_overhead(width: float, repeats: int, steps: int = 2) -> None:
 def loader_vs_step(width: float, tmp: Path) -> None:
     from bhsearch.data import synthetic
     from bhsearch.data.registry import open_classification, open_detection
-    from bhsearch.data.tinyperson import collate_tiles
     from bhsearch.detectors import build_detector
     from bhsearch.models import build_backbone
     from bhsearch.spec import get_spec
+    from bhsearch.tasks.tinyperson.reader import collate_tiles
+    from bhsearch.tasks.tinyperson.synthetic import write_tinyperson
     from bhsearch.train import loop
     from bhsearch.train.pretrain import Classifier, PretrainConfig, _as_batches, augment_batch
 
@@ -165,7 +166,7 @@ def loader_vs_step(width: float, tmp: Path) -> None:
         f"(R50 x{width:g}) -> loader is {t_step * n / t_load:.1f}x faster than training"
     )
 
-    synthetic.write_tinyperson(tmp / "t", n_train=4, n_test=1, seed=0, min_size=1000, max_size=1400)
+    write_tinyperson(tmp / "t", n_train=4, n_test=1, seed=0, min_size=1000, max_size=1400)
     tiles = open_detection(f"tinyperson:{tmp / 't'}", "train", tile=(640, 512), overlap=30)
     groups = [item[0] for item in tiles.items]
     tsampler = loop.EpochBatchSampler(len(tiles), 2, seed=0, groups=groups)

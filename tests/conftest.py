@@ -53,9 +53,10 @@ class SyntheticData:
 def synthetic_data(tmp_path_factory) -> SyntheticData:
     """600/200 CIFAR-100-format images and 4/3 TinyPerson-format images of 320–400 px, seed 0."""
     from bhsearch.data import synthetic
+    from bhsearch.tasks.tinyperson.synthetic import write_tinyperson
 
     root = tmp_path_factory.mktemp("synthetic-data")
     cifar, tiny = root / "cifar100", root / "tinyperson"
     synthetic.write_cifar100(cifar, n_train=600, n_test=200, seed=0)
-    synthetic.write_tinyperson(tiny, n_train=4, n_test=3, seed=0, min_size=320, max_size=400, persons=(4, 12))
+    write_tinyperson(tiny, n_train=4, n_test=3, seed=0, min_size=320, max_size=400, persons=(4, 12))
     return SyntheticData(root=root, cifar100=cifar, tinyperson=tiny)

@@ -12,9 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from bhsearch.data.aitod import read_aitod, resolve_aitod, write_aitod
 from bhsearch.errors import DataError
-from bhsearch.evaluation.aitod import AITOD_CLASSES, evaluate_aitod
+from bhsearch.tasks.aitod.evaluate import AITOD_CLASSES, evaluate_aitod
+from bhsearch.tasks.aitod.reader import read_aitod, resolve_aitod
+from bhsearch.tasks.aitod.synthetic import write_aitod
 
 KEYS = ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m")
 

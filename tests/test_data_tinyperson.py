@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bhsearch.data import registry, synthetic
-from bhsearch.data.tinyperson import (
+from bhsearch.data import registry
+from bhsearch.errors import DataError, UsageError
+from bhsearch.tasks.tinyperson import synthetic
+from bhsearch.tasks.tinyperson.reader import (
     ImageGroupedSampler,
     RandomHorizontalFlip,
     TileDataset,
     TinyPersonDataset,
     collate_tiles,
 )
-from bhsearch.errors import DataError, UsageError
 
 
 def _image(path, width, height):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bhsearch.errors import DataError, UsageError
-from bhsearch.evaluation.tinyperson import FPPI_POINTS, IOU_THRESHOLDS, RANGE_NAMES, area_ranges, evaluate
+from bhsearch.tasks.tinyperson.evaluate import FPPI_POINTS, IOU_THRESHOLDS, RANGE_NAMES, area_ranges, evaluate
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -167,7 +167,7 @@ def reference_loops(gt: dict, dets: list, max_dets: int, iod_rule: str, protocol
 
 
 def reference_official_mr(gt: dict, dets: list) -> dict:
-    """Plain loops written from the official miss-rate rules (docstring of bhsearch.evaluation.miss_rate)."""
+    """Plain loops written from the official miss-rate rules (docstring of bhsearch.tasks.tinyperson.miss_rate)."""
     setups = {"tiny": (2, 20), "tiny1": (2, 8), "tiny2": (8, 12), "tiny3": (12, 20), "small": (20, 32), "all": (-1, 1e10)}
     fppi_points = np.exp(np.arange(np.log(0.01), np.log(1.0) + 1e-10, np.log(100) / 8))
     images = sorted(img["id"] for img in gt["images"])
@@ -596,7 +596,7 @@ def test_cli_gt_without_annotations(tmp_path):
 
 
 def test_chunked_lockstep_matching_gives_the_same_result(monkeypatch):
-    import bhsearch.evaluation.tinyperson as tinyperson
+    import bhsearch.tasks.tinyperson.evaluate as tinyperson
 
     gt, dets = random_set(11, n_images=10, flags=0.3, quantize=True)
     whole = evaluate(gt, dets)

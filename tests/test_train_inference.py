@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bhsearch.data.tiling import tile_windows
-from bhsearch.data.tinyperson import TinyPersonDataset
+from bhsearch.tasks.tinyperson.reader import TinyPersonDataset
 from bhsearch.train.inference import detections_to_coco, evaluate_model, predict_tiled
 
 TILE, OVERLAP = (96, 64), 24

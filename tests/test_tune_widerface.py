@@ -47,7 +47,7 @@ def error_of(tmp_path: Path, text: str) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_widerface(tmp_path_factory) -> Path:
-    from bhsearch.data.synthetic_widerface import write_widerface
+    from bhsearch.tasks.widerface.synthetic import write_widerface
 
     return write_widerface(tmp_path_factory.mktemp("wf"), n_train=3, n_val=3, seed=0, width=128, faces=(2, 6))
 
@@ -126,7 +126,7 @@ def test_trial_dispatch_picks_the_widerface_trainer(tmp_path):
 
 def test_registry_reads_widerface_refs(tiny_widerface, tmp_path):
     from bhsearch.data import registry
-    from bhsearch.data.widerface import WiderFaceDataset
+    from bhsearch.tasks.widerface.reader import WiderFaceDataset
 
     val = registry.open_detection(f"widerface:{tiny_widerface}", "test")
     assert isinstance(val, WiderFaceDataset) and val.split == "val" and len(val) == 3

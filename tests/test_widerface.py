@@ -11,16 +11,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from bhsearch.data.widerface import (
-    SETTINGS,
-    EvalGroundTruth,
-    WiderFaceDataset,
-    image_ids,
-    load_eval_gt,
-    parse_bbx_gt,
-)
 from bhsearch.errors import DataError, UsageError
-from bhsearch.evaluation.widerface import (
+from bhsearch.tasks.widerface.evaluate import (
     box_overlaps,
     evaluate_widerface,
     predictions_to_coco,
@@ -28,6 +20,14 @@ from bhsearch.evaluation.widerface import (
     thresholds,
     voc_ap,
     write_prediction_folder,
+)
+from bhsearch.tasks.widerface.reader import (
+    SETTINGS,
+    EvalGroundTruth,
+    WiderFaceDataset,
+    image_ids,
+    load_eval_gt,
+    parse_bbx_gt,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -296,7 +296,7 @@ def test_ground_truth_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from bhsearch.data.synthetic_widerface import write_widerface
+    from bhsearch.tasks.widerface.synthetic import write_widerface
 
     return write_widerface(tmp_path_factory.mktemp("wf"), n_train=4, n_val=6, seed=0, width=192, faces=(2, 10))
 
@@ -341,7 +341,7 @@ def test_reader_on_synthetic_data(synth):
 
 
 def test_missing_image_is_a_data_error(tmp_path):
-    from bhsearch.data.synthetic_widerface import write_widerface
+    from bhsearch.tasks.widerface.synthetic import write_widerface
 
     root = write_widerface(tmp_path / "w", n_train=1, n_val=2, seed=1, width=64, faces=(1, 2))
     next((root / "WIDER_val" / "images").rglob("*.jpg")).unlink()
@@ -374,7 +374,7 @@ def test_face_detector_settings_and_round_trip():
     import torch
 
     from bhsearch.spec import get_spec
-    from bhsearch.widerface_detector import build_face_detector, face_detector_settings
+    from bhsearch.tasks.widerface.detector import build_face_detector, face_detector_settings
 
     spec = get_spec("resnet18").scaled(0.25)
     torch.manual_seed(0)

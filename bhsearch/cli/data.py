@@ -162,7 +162,7 @@ def run(args) -> int:
 
     cmd = args.data_command
     if cmd == "synth-tinyperson":
-        from bhsearch.data.synthetic import write_tinyperson
+        from bhsearch.tasks.tinyperson.synthetic import write_tinyperson
 
         res = write_tinyperson(
             args.out,

@@ -92,7 +92,7 @@ def run(args) -> int:
 
     if args.benchmark == "widerface":
         try:
-            from bhsearch.evaluation.widerface import evaluate_widerface
+            from bhsearch.tasks.widerface.evaluate import evaluate_widerface
         except ImportError:
             raise UsageError("WiderFace evaluation is not available in this version of bhsearch") from None
         result = evaluate_widerface(args.gt, args.dets)
@@ -103,7 +103,7 @@ def run(args) -> int:
         return 0
 
     if args.benchmark == "aitod":
-        from bhsearch.evaluation.aitod import AITOD_MAX_DETS, evaluate_aitod
+        from bhsearch.tasks.aitod.evaluate import AITOD_MAX_DETS, evaluate_aitod
 
         result = evaluate_aitod(args.gt, args.dets, max_dets=AITOD_MAX_DETS if args.max_dets is None else args.max_dets)
         if args.json:
@@ -112,7 +112,7 @@ def run(args) -> int:
             _print_flat(result, "AI-TOD (AI-TOD toolkit COCOeval), percent")
         return 0
 
-    from bhsearch.evaluation.tinyperson import evaluate
+    from bhsearch.tasks.tinyperson.evaluate import evaluate
 
     if args.max_dets is None:
         args.max_dets = 200
@@ -143,7 +143,7 @@ def _print_tinyperson(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bhsearch.evaluation.tinyperson import RANGE_NAMES
+    from bhsearch.tasks.tinyperson.evaluate import RANGE_NAMES
 
     console = Console()
     s = result["settings"]

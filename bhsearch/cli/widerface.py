@@ -114,8 +114,8 @@ def run(args) -> int:
 
 
 def _synth(args) -> int:
-    from bhsearch.data.synthetic_widerface import write_widerface
-    from bhsearch.data.widerface import load_eval_gt
+    from bhsearch.tasks.widerface.reader import load_eval_gt
+    from bhsearch.tasks.widerface.synthetic import write_widerface
 
     out = write_widerface(
         args.out, n_train=args.train, n_val=args.val, seed=args.seed, width=args.width, faces=tuple(args.faces)
@@ -130,8 +130,8 @@ def _synth(args) -> int:
 
 
 def _stats(args) -> int:
-    from bhsearch.data.widerface import WiderFaceDataset, load_eval_gt, resolve_gt_files
     from bhsearch.errors import DataError
+    from bhsearch.tasks.widerface.reader import WiderFaceDataset, load_eval_gt, resolve_gt_files
 
     splits = ("train", "val") if args.split == "both" else (args.split,)
     result = {split: WiderFaceDataset(args.root, split).summary() for split in splits}
@@ -205,8 +205,8 @@ def _fmt(value) -> str:
 def _predict(args) -> int:
     from pathlib import Path
 
-    from bhsearch.data.widerface import WiderFaceDataset
-    from bhsearch.evaluation.widerface import predictions_to_coco, write_prediction_folder
+    from bhsearch.tasks.widerface.evaluate import predictions_to_coco, write_prediction_folder
+    from bhsearch.tasks.widerface.reader import WiderFaceDataset
     from bhsearch.train import loop
     from bhsearch.train.finetune_widerface import load_face_model, predict_widerface
 

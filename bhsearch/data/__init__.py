@@ -13,9 +13,9 @@ from typing import Any
 _LAZY = {
     "Cifar100": "bhsearch.data.cifar",
     "ImageNet32": "bhsearch.data.imagenet32",
-    "TinyPersonDataset": "bhsearch.data.tinyperson",
-    "TileDataset": "bhsearch.data.tinyperson",
-    "collate_tiles": "bhsearch.data.tinyperson",
+    "TinyPersonDataset": "bhsearch.tasks.tinyperson.reader",
+    "TileDataset": "bhsearch.tasks.tinyperson.reader",
+    "collate_tiles": "bhsearch.tasks.tinyperson.reader",
     "tile_windows": "bhsearch.data.tiling",
     "clip_boxes_to_tile": "bhsearch.data.tiling",
     "merge_detections": "bhsearch.data.tiling",

@@ -40,6 +40,7 @@ def parse_ref(ref: str, allowed: Sequence[str] = KINDS) -> tuple[str, Path]:
 def ensure_synthetic(kind: str, path: Path) -> Path:
     """Generate the synthetic set for ``kind`` into ``path`` unless it is already there."""
     from bhsearch.data import synthetic
+    from bhsearch.tasks.tinyperson.synthetic import write_tinyperson
 
     params = SYNTHETIC_DEFAULTS[kind]
     if kind == "synthetic-cifar100":
@@ -51,11 +52,11 @@ def ensure_synthetic(kind: str, path: Path) -> Path:
     elif kind == "synthetic-widerface":
         # the file open_widerface checks: both generate the same set
         if not (path / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
-            from bhsearch.data.synthetic_widerface import write_widerface
+            from bhsearch.tasks.widerface.synthetic import write_widerface
 
             write_widerface(path, **params)
     elif not (path / "tiny_set" / "annotations" / "task" / "tiny_set_test_all.json").is_file():
-        synthetic.write_tinyperson(path, **params)
+        write_tinyperson(path, **params)
     return path
 
 
@@ -131,10 +132,10 @@ def open_detection(
         ensure_synthetic(kind, path)
     else:
         _existing(path, kind)
-    from bhsearch.data.tinyperson import TileDataset, TinyPersonDataset
+    from bhsearch.tasks.tinyperson.reader import TileDataset, TinyPersonDataset
 
     if kind in FACE_KINDS:
-        from bhsearch.data.widerface import WiderFaceDataset
+        from bhsearch.tasks.widerface.reader import WiderFaceDataset
 
         dataset = WiderFaceDataset(path, "val" if split == "test" else split)
     else:

@@ -218,7 +218,7 @@ def freeze_stages(body: torch.nn.Module, stages: int) -> list[str]:
 
 def open_detection_data(data: Any, config: FinetuneConfig):
     """(training tiles, whole test images) from a ``KIND:PATH`` ref or a ``(train, test)`` pair."""
-    from bhsearch.data.tinyperson import TileDataset
+    from bhsearch.tasks.tinyperson.reader import TileDataset
 
     if isinstance(data, (str, Path)):
         from bhsearch.data.registry import open_detection
@@ -278,7 +278,7 @@ def _gt_subset(test) -> Any:
     """The test annotation restricted to the evaluated images (for ``max_eval_images``)."""
     if not isinstance(test, _Subset):
         return test.annotation_json
-    from bhsearch.evaluation.tinyperson import _read_json
+    from bhsearch.tasks.tinyperson.evaluate import _read_json
 
     gt = _read_json(test.annotation_json, "GT")
     ids = {r.image_id for r in test.records}
@@ -329,9 +329,9 @@ def run_finetune(
     ``callback(stage, epoch, metrics, out_dir)`` runs after every epoch, once the checkpoint
     is written. Returns the last epoch's metrics plus ``best_AP50_tiny``, ``history`` and paths.
     """
-    from bhsearch.data.tinyperson import collate_tiles
     from bhsearch.detectors import build_detector, detector_settings
     from bhsearch.models import build_backbone
+    from bhsearch.tasks.tinyperson.reader import collate_tiles
 
     config = config or FinetuneConfig()
     spec = get_spec(spec)
@@ -384,15 +384,15 @@ def run_finetune(
     sampler = loop.EpochBatchSampler(
         len(train_ds), config.batch_size, seed=config.seed, shuffle=True, groups=_groups(train_ds, train_keep)
     )
-    steps_per_epoch = -(-sampler.num_batches // config.accumulation)
-    total_steps = steps_per_epoch * config.epochs
-    schedule = loop.LRSchedule(
-        base_lr=config.effective_lr,
-        total_steps=total_steps,
-        kind="step",
-        milestones=tuple(round(m * config.epochs / PAPER_EPOCHS) * steps_per_epoch for m in config.milestones),
-        gamma=config.gamma,
-        warmup_steps=min(config.warmup_steps, total_steps // 3),
+    schedule = loop.step_schedule(
+        config.effective_lr,
+        sampler,
+        config.accumulation,
+        config.epochs,
+        config.milestones,
+        config.gamma,
+        milestone_scale=PAPER_EPOCHS,
+        warmup_steps=config.warmup_steps,
         warmup_ratio=config.warmup_ratio,
     )
     reporter = loop.Reporter("finetune", config.progress)
@@ -452,65 +452,47 @@ def run_finetune(
         losses = model(images, targets)
         return sum(losses.values()), losses, len(images)
 
-    keys = ("loss", "lr", "AP50_tiny", "AP50_tiny1", "AP50_small", "train_images_per_s", "epoch_time_s")
-    reporter.start()
-    try:
-        with loop.InterruptGuard(reporter) as guard:
-            trainer.interrupt = guard
-            while state.epoch < config.epochs:
-                t0 = time.perf_counter()
-                if resumed_rng is not None:
-                    loop.restore_rng(resumed_rng)
-                    resumed_rng = None
-                elif state.batch == 0:
-                    torch.manual_seed(loop.derive_seed(config.seed, "torch", state.epoch))
-                sampler.set_epoch(state.epoch, state.batch)
-                trainer.train_epoch(state, config.epochs, sampler.num_batches, loader, loss_fn)
-                epoch = state.epoch + 1
-                record = {"stage": "finetune", "epoch": epoch, "epochs": config.epochs}
-                record.update(loop.finish_epoch(state))
-                record["lr"] = optimizer.param_groups[0]["lr"]
-                if (config.eval_every and epoch % config.eval_every == 0) or epoch == config.epochs:
-                    reporter.phase(f"finetune epoch {epoch}/{config.epochs}: evaluating")
-                    t_eval = time.perf_counter()
-                    metrics = evaluate_model(
-                        model,
-                        test_ds,
-                        gt=gt,
-                        tile=config.tile,
-                        overlap=config.overlap,
-                        max_dets=config.max_dets,
-                        batch_size=config.eval_batch_size,
-                        device=device,
-                        amp_dtype=amp_dtype,
-                        num_workers=config.num_workers,
-                    )
-                    record.update(scalar_metrics(metrics))
-                    record["max_dets"] = config.max_dets
-                    record["eval_time_s"] = time.perf_counter() - t_eval
-                record["epoch_time_s"] = time.perf_counter() - t0
-                state.history.append(record)
-                state.epoch += 1
-                state.reset_epoch()
-                checkpoint(state, loop.capture_rng())
-                loop.write_metrics(out / "metrics.jsonl", state.history)
-                loop.save_safetensors(
-                    out / "model.safetensors",
-                    model.state_dict(),
-                    metadata={"format": "bhsearch-detector", "spec_id": spec.id},
-                )
-                reporter.epoch_end(record, keys)
-                if callback is not None:
-                    callback("finetune", epoch, dict(record), out)
-    finally:
-        trainer.interrupt = None
-        reporter.stop()
-    if not (out / "model.safetensors").is_file():
-        loop.save_safetensors(
-            out / "model.safetensors", model.state_dict(), metadata={"format": "bhsearch-detector", "spec_id": spec.id}
+    def evaluate(epoch: int) -> dict[str, Any]:
+        if not ((config.eval_every and epoch % config.eval_every == 0) or epoch == config.epochs):
+            return {}
+        reporter.phase(f"finetune epoch {epoch}/{config.epochs}: evaluating")
+        t_eval = time.perf_counter()
+        metrics = evaluate_model(
+            model,
+            test_ds,
+            gt=gt,
+            tile=config.tile,
+            overlap=config.overlap,
+            max_dets=config.max_dets,
+            batch_size=config.eval_batch_size,
+            device=device,
+            amp_dtype=amp_dtype,
+            num_workers=config.num_workers,
         )
-    loop.write_metrics(out / "metrics.jsonl", state.history)
-    history = state.history
+        return {**scalar_metrics(metrics), "max_dets": config.max_dets, "eval_time_s": time.perf_counter() - t_eval}
+
+    weights_meta = {"format": "bhsearch-detector", "spec_id": spec.id}
+    history = loop.run_epochs(
+        loop.EpochLoop(
+            stage="finetune",
+            epochs=config.epochs,
+            seed=config.seed,
+            state=state,
+            resumed_rng=resumed_rng,
+            sampler=sampler,
+            loader=loader,
+            loss_fn=loss_fn,
+            trainer=trainer,
+            reporter=reporter,
+            keys=("loss", "lr", "AP50_tiny", "AP50_tiny1", "AP50_small", "train_images_per_s", "epoch_time_s"),
+            evaluate=evaluate,
+            save_weights=lambda: loop.save_safetensors(out / "model.safetensors", model.state_dict(), metadata=weights_meta),
+            checkpoint=checkpoint,
+            out_dir=out,
+            weights_file="model.safetensors",
+            callback=callback,
+        )
+    )
     last = dict(history[-1]) if history else {}
     scores = [row["AP50_tiny"] for row in history if row.get("AP50_tiny") is not None]
     return {

@@ -9,7 +9,7 @@ Training data: RetinaFace/TinaFace-style square crops: a side of ``crop_scales``
 a random position, faces kept when their centre lies in the crop (then clipped), the crop resized to
 ``image_size`` and flipped with probability 0.5; faces below ``min_face`` px after resizing and invalid faces
 are not trained on. Evaluation: whole validation images at native size (or shrunk so the long side is at
-most ``eval_max_size``), scored by :func:`bhsearch.evaluation.widerface.evaluate_widerface`.
+most ``eval_max_size``), scored by :func:`bhsearch.tasks.widerface.evaluate.evaluate_widerface`.
 
 Outputs in ``out_dir``: ``model.safetensors``, ``spec.json`` (spec + ``detector`` face settings that rebuild
 the model with ``build_face_detector``), ``metrics.jsonl`` (losses, lr, ``AP_easy``/``AP_medium``/``AP_hard``
@@ -184,14 +184,14 @@ class _EpochTagged(torch.utils.data.Sampler):
 def open_widerface(data: Any, config: WiderFaceConfig):
     """(train dataset, val dataset, GT files) from a WiderFace root, ``widerface:PATH`` or
     ``synthetic-widerface:PATH`` (generated there first when absent)."""
-    from bhsearch.data.widerface import WiderFaceDataset, resolve_gt_files
+    from bhsearch.tasks.widerface.reader import WiderFaceDataset, resolve_gt_files
 
     text = str(data)
     kind, sep, rest = text.partition(":")
     if sep and kind in ("widerface", "synthetic-widerface") and rest:
         root = Path(rest).expanduser()
         if kind == "synthetic-widerface" and not (root / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
-            from bhsearch.data.synthetic_widerface import write_widerface
+            from bhsearch.tasks.widerface.synthetic import write_widerface
 
             write_widerface(root)
     else:
@@ -260,7 +260,7 @@ def predict_widerface(
 
 def evaluate_face_model(model, dataset, gt, indices: list[int] | None = None, **predict_kwargs) -> dict[str, Any]:
     """Predict whole images and score them with the official protocol (only the predicted images count)."""
-    from bhsearch.evaluation.widerface import evaluate_widerface
+    from bhsearch.tasks.widerface.evaluate import evaluate_widerface
 
     preds = predict_widerface(model, dataset, indices, **predict_kwargs)
     keys = [dataset.records[i].key for i in (indices if indices is not None else range(len(dataset)))]
@@ -287,9 +287,9 @@ def run_finetune_widerface(
     ``out_dir/checkpoint.pt``, ``callback(stage, epoch, metrics, out_dir)`` after every epoch. Returns the
     last epoch's metrics plus ``best_AP_hard``, ``history`` and paths.
     """
-    from bhsearch.data.widerface import collate_images
     from bhsearch.models import build_backbone
-    from bhsearch.widerface_detector import build_face_detector, face_detector_settings
+    from bhsearch.tasks.widerface.detector import build_face_detector, face_detector_settings
+    from bhsearch.tasks.widerface.reader import collate_images
 
     config = config or WiderFaceConfig()
     spec = get_spec(spec)
@@ -333,15 +333,14 @@ def run_finetune_widerface(
     )
 
     sampler = loop.EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, shuffle=True)
-    steps_per_epoch = -(-sampler.num_batches // config.accumulation)
-    total_steps = steps_per_epoch * config.epochs
-    schedule = loop.LRSchedule(
-        base_lr=config.effective_lr,
-        total_steps=total_steps,
-        kind="step",
-        milestones=tuple(round(m * config.epochs) * steps_per_epoch for m in config.milestones),
-        gamma=config.gamma,
-        warmup_steps=min(config.warmup_steps, total_steps // 3),
+    schedule = loop.step_schedule(
+        config.effective_lr,
+        sampler,
+        config.accumulation,
+        config.epochs,
+        config.milestones,
+        config.gamma,
+        warmup_steps=config.warmup_steps,
         warmup_ratio=config.warmup_ratio,
     )
     reporter = loop.Reporter("widerface", config.progress)
@@ -393,57 +392,47 @@ def run_finetune_widerface(
         losses = model(loop.to_device(images, device), loop.to_device(targets, device))
         return sum(losses.values()), losses, len(images)
 
-    keys = ("loss", "lr", *METRIC_KEYS, "train_images_per_s", "epoch_time_s")
+    def evaluate(epoch: int) -> dict[str, Any]:
+        if not ((config.eval_every and epoch % config.eval_every == 0) or epoch == config.epochs):
+            return {}
+        reporter.phase(f"widerface epoch {epoch}/{config.epochs}: evaluating")
+        t_eval = time.perf_counter()
+        metrics = evaluate_face_model(
+            model,
+            val_ds,
+            gt,
+            eval_indices,
+            batch_size=config.eval_batch_size,
+            max_size=config.eval_max_size,
+            device=device,
+            amp_dtype=amp_dtype,
+        )
+        record = {k: metrics[k] for k in METRIC_KEYS}
+        return {**record, "num_detections": metrics["num_detections"], "eval_time_s": time.perf_counter() - t_eval}
+
     weights_meta = {"format": "bhsearch-face-detector", "spec_id": spec.id}
-    reporter.start()
-    try:
-        with loop.InterruptGuard(reporter) as guard:
-            trainer.interrupt = guard
-            while state.epoch < config.epochs:
-                t0 = time.perf_counter()
-                if resumed_rng is not None:
-                    loop.restore_rng(resumed_rng)
-                    resumed_rng = None
-                elif state.batch == 0:
-                    torch.manual_seed(loop.derive_seed(config.seed, "torch", state.epoch))
-                sampler.set_epoch(state.epoch, state.batch)
-                trainer.train_epoch(state, config.epochs, sampler.num_batches, loader, loss_fn)
-                epoch = state.epoch + 1
-                record: dict[str, Any] = {"stage": "finetune-widerface", "epoch": epoch, "epochs": config.epochs}
-                record.update(loop.finish_epoch(state))
-                record["lr"] = optimizer.param_groups[0]["lr"]
-                if (config.eval_every and epoch % config.eval_every == 0) or epoch == config.epochs:
-                    reporter.phase(f"widerface epoch {epoch}/{config.epochs}: evaluating")
-                    t_eval = time.perf_counter()
-                    metrics = evaluate_face_model(
-                        model,
-                        val_ds,
-                        gt,
-                        eval_indices,
-                        batch_size=config.eval_batch_size,
-                        max_size=config.eval_max_size,
-                        device=device,
-                        amp_dtype=amp_dtype,
-                    )
-                    record.update({k: metrics[k] for k in METRIC_KEYS})
-                    record["num_detections"] = metrics["num_detections"]
-                    record["eval_time_s"] = time.perf_counter() - t_eval
-                record["epoch_time_s"] = time.perf_counter() - t0
-                state.history.append(record)
-                state.epoch += 1
-                state.reset_epoch()
-                checkpoint(state, loop.capture_rng())
-                loop.write_metrics(out / "metrics.jsonl", state.history)
-                loop.save_safetensors(out / "model.safetensors", model.state_dict(), metadata=weights_meta)
-                reporter.epoch_end(record, keys)
-                if callback is not None:
-                    callback("finetune", epoch, dict(record), out)
-    finally:
-        trainer.interrupt = None
-        reporter.stop()
-    if not (out / "model.safetensors").is_file():
-        loop.save_safetensors(out / "model.safetensors", model.state_dict(), metadata=weights_meta)
-    history = state.history
+    history = loop.run_epochs(
+        loop.EpochLoop(
+            stage="finetune-widerface",
+            epochs=config.epochs,
+            seed=config.seed,
+            state=state,
+            resumed_rng=resumed_rng,
+            sampler=sampler,
+            loader=loader,
+            loss_fn=loss_fn,
+            trainer=trainer,
+            reporter=reporter,
+            keys=("loss", "lr", *METRIC_KEYS, "train_images_per_s", "epoch_time_s"),
+            evaluate=evaluate,
+            save_weights=lambda: loop.save_safetensors(out / "model.safetensors", model.state_dict(), metadata=weights_meta),
+            checkpoint=checkpoint,
+            out_dir=out,
+            weights_file="model.safetensors",
+            callback=callback,
+            callback_stage="finetune",
+        )
+    )
     last = dict(history[-1]) if history else {}
     scores = [row["AP_hard"] for row in history if row.get("AP_hard") is not None]
     return {
@@ -460,7 +449,7 @@ def load_face_model(run_dir: str | Path, device: torch.device | str = "cpu"):
     """The face detector of a ``run_finetune_widerface`` folder in eval mode, and its ``spec.json`` mapping."""
     from bhsearch.detectors import load_weights
     from bhsearch.spec import load_mapping
-    from bhsearch.widerface_detector import build_face_detector
+    from bhsearch.tasks.widerface.detector import build_face_detector
 
     run_dir = Path(run_dir)
     spec_path, weights = run_dir / "spec.json", run_dir / "model.safetensors"

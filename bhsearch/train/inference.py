@@ -4,7 +4,7 @@ Large images are cut into the training tile size with the same overlap (DESIGN Â
 runs through the detector, boxes are shifted back to the image frame and merged with
 class-agnostic NMS at IoU 0.5 (:func:`bhsearch.data.tiling.merge_detections`). The result is a
 COCO results list (``image_id``, ``bbox`` xywh, ``score``, ``category_id`` 1) that
-:func:`bhsearch.evaluation.tinyperson.evaluate` scores on the whole images.
+:func:`bhsearch.tasks.tinyperson.evaluate.evaluate` scores on the whole images.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ NMS_IOU = 0.5
 
 
 def _tile_loader(dataset, tile: Sequence[int], overlap: int, batch_size: int, num_workers: int, device):
-    from bhsearch.data.tinyperson import TileDataset, collate_tiles
+    from bhsearch.tasks.tinyperson.reader import TileDataset, collate_tiles
 
     tiles = TileDataset(dataset, tuple(tile), overlap, train=False)
     sampler = loop.EpochBatchSampler(len(tiles), batch_size, seed=0, shuffle=False)
@@ -132,7 +132,7 @@ def evaluate_model(
     """
     import json
 
-    from bhsearch.evaluation.tinyperson import evaluate
+    from bhsearch.tasks.tinyperson.evaluate import evaluate
 
     dets = predict_tiled(
         model,

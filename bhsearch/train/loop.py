@@ -704,3 +704,117 @@ def finish_epoch(state: LoopState) -> dict[str, Any]:
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+# --------------------------------------------------------------------------- the epoch loop
+
+
+@dataclass
+class EpochLoop:
+    """One training stage's epochs: everything :func:`run_epochs` needs, built by the stage.
+
+    ``evaluate(epoch)`` returns the epoch's evaluation figures (``{}`` on epochs not evaluated);
+    ``save_weights()`` writes the stage's weights file; ``checkpoint(state, rng)`` its checkpoint;
+    ``callback(stage, epoch, record, out_dir)`` runs once both are on disk.
+    """
+
+    stage: str
+    epochs: int
+    seed: int
+    state: LoopState
+    resumed_rng: dict[str, Any] | None
+    sampler: EpochBatchSampler
+    loader: Iterable[Any]
+    loss_fn: LossFn
+    trainer: Trainer
+    reporter: Reporter
+    keys: tuple[str, ...]
+    evaluate: Callable[[int], dict[str, Any]]
+    save_weights: Callable[[], None]
+    checkpoint: Callable[[LoopState, dict[str, Any]], None]
+    out_dir: Path
+    weights_file: str
+    callback: Callable[..., None] | None = None
+    callback_stage: str | None = None
+
+
+def run_epochs(run: EpochLoop) -> list[dict[str, Any]]:
+    """Train ``run`` to its last epoch: per epoch train, evaluate, checkpoint, write metrics and weights.
+
+    The global torch RNG is reseeded at each epoch start (or restored from a mid-epoch checkpoint),
+    so a resumed run ends where an uninterrupted one would. Returns the metrics history.
+    """
+    state, optimizer = run.state, run.trainer.optimizer
+    resumed_rng = run.resumed_rng
+    run.reporter.start()
+    try:
+        with InterruptGuard(run.reporter) as guard:
+            run.trainer.interrupt = guard
+            while state.epoch < run.epochs:
+                t0 = time.perf_counter()
+                if resumed_rng is not None:
+                    restore_rng(resumed_rng)
+                    resumed_rng = None
+                elif state.batch == 0:
+                    torch.manual_seed(derive_seed(run.seed, "torch", state.epoch))
+                run.sampler.set_epoch(state.epoch, state.batch)
+                run.trainer.train_epoch(state, run.epochs, run.sampler.num_batches, run.loader, run.loss_fn)
+                epoch = state.epoch + 1
+                record: dict[str, Any] = {"stage": run.stage, "epoch": epoch, "epochs": run.epochs}
+                record.update(finish_epoch(state))
+                record["lr"] = optimizer.param_groups[0]["lr"]
+                record.update(run.evaluate(epoch))
+                record["epoch_time_s"] = time.perf_counter() - t0
+                state.history.append(record)
+                state.epoch += 1
+                state.reset_epoch()
+                run.checkpoint(state, capture_rng())
+                write_metrics(run.out_dir / "metrics.jsonl", state.history)
+                run.save_weights()
+                run.reporter.epoch_end(record, run.keys)
+                if run.callback is not None:
+                    run.callback(run.callback_stage or run.stage, epoch, dict(record), run.out_dir)
+    finally:
+        run.trainer.interrupt = None
+        run.reporter.stop()
+    if not (run.out_dir / run.weights_file).is_file():
+        run.save_weights()
+    write_metrics(run.out_dir / "metrics.jsonl", state.history)
+    return state.history
+
+
+def step_schedule(
+    base_lr: float,
+    sampler: EpochBatchSampler,
+    accumulation: int,
+    epochs: int,
+    milestones: Iterable[float],
+    gamma: float,
+    *,
+    kind: str = "step",
+    milestone_scale: float = 1.0,
+    warmup_steps: int = 0,
+    warmup_epochs: float | None = None,
+    warmup_ratio: float = 0.001,
+) -> LRSchedule:
+    """The LR schedule of a run over optimizer steps.
+
+    ``milestones`` are in units of which the run has ``milestone_scale`` (1: fractions of the run;
+    12: the paper's epochs). Warm-up: ``warmup_epochs`` epochs, else ``warmup_steps`` capped at a
+    third of the run.
+    """
+    steps_per_epoch = -(-sampler.num_batches // accumulation)
+    total_steps = steps_per_epoch * epochs
+    if warmup_epochs is not None:
+        warmup = round(warmup_epochs * steps_per_epoch)
+    else:
+        warmup = min(warmup_steps, total_steps // 3)
+    return LRSchedule(
+        base_lr=base_lr,
+        total_steps=total_steps,
+        kind=kind,
+        milestones=tuple(round(m * epochs / milestone_scale) * steps_per_epoch for m in milestones),
+        gamma=gamma,
+        warmup_steps=warmup,
+        warmup_ratio=warmup_ratio,
+    )

@@ -13,7 +13,6 @@ Outputs in ``out_dir``: ``backbone.safetensors`` (backbone keys only; loads into
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,14 +383,15 @@ def run_pretrain(
     )
 
     sampler = loop.EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, shuffle=True)
-    steps_per_epoch = -(-sampler.num_batches // config.accumulation)
-    schedule = loop.LRSchedule(
-        base_lr=config.lr,
-        total_steps=steps_per_epoch * config.epochs,
+    schedule = loop.step_schedule(
+        config.lr,
+        sampler,
+        config.accumulation,
+        config.epochs,
+        config.milestones,
+        config.gamma,
         kind=config.schedule,
-        milestones=tuple(round(m * config.epochs) * steps_per_epoch for m in config.milestones),
-        gamma=config.gamma,
-        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        warmup_epochs=config.warmup_epochs,
     )
     reporter = loop.Reporter("pretrain", config.progress)
 
@@ -442,41 +442,28 @@ def run_pretrain(
         logits = model(x)
         return criterion(logits.float(), labels), {}, labels.shape[0]
 
-    keys = ("loss", "lr", "top1", "top5", "train_images_per_s", "epoch_time_s")
-    reporter.start()
-    try:
-        with loop.InterruptGuard(reporter) as guard:
-            trainer.interrupt = guard
-            while state.epoch < config.epochs:
-                t0 = time.perf_counter()
-                if resumed_rng is not None:
-                    loop.restore_rng(resumed_rng)
-                    resumed_rng = None
-                elif state.batch == 0:
-                    torch.manual_seed(loop.derive_seed(config.seed, "torch", state.epoch))
-                sampler.set_epoch(state.epoch, state.batch)
-                trainer.train_epoch(state, config.epochs, sampler.num_batches, train_loader, loss_fn)
-                record = {"stage": "pretrain", "epoch": state.epoch + 1, "epochs": config.epochs}
-                record.update(loop.finish_epoch(state))
-                record["lr"] = optimizer.param_groups[0]["lr"]
-                record.update(evaluate_classifier(model, test_loader, config, device, amp_dtype, channels_last))
-                record["epoch_time_s"] = time.perf_counter() - t0
-                state.history.append(record)
-                state.epoch += 1
-                state.reset_epoch()
-                checkpoint(state, loop.capture_rng())
-                loop.write_metrics(out / "metrics.jsonl", state.history)
-                _save_backbone(model, spec, out)
-                reporter.epoch_end(record, keys)
-                if callback is not None:
-                    callback("pretrain", record["epoch"], dict(record), out)
-    finally:
-        trainer.interrupt = None
-        reporter.stop()
-    if not (out / "backbone.safetensors").is_file():
-        _save_backbone(model, spec, out)
-    loop.write_metrics(out / "metrics.jsonl", state.history)
-    return _result(state.history, spec, out)
+    history = loop.run_epochs(
+        loop.EpochLoop(
+            stage="pretrain",
+            epochs=config.epochs,
+            seed=config.seed,
+            state=state,
+            resumed_rng=resumed_rng,
+            sampler=sampler,
+            loader=train_loader,
+            loss_fn=loss_fn,
+            trainer=trainer,
+            reporter=reporter,
+            keys=("loss", "lr", "top1", "top5", "train_images_per_s", "epoch_time_s"),
+            evaluate=lambda epoch: evaluate_classifier(model, test_loader, config, device, amp_dtype, channels_last),
+            save_weights=lambda: _save_backbone(model, spec, out),
+            checkpoint=checkpoint,
+            out_dir=out,
+            weights_file="backbone.safetensors",
+            callback=callback,
+        )
+    )
+    return _result(history, spec, out)
 
 
 def _save_backbone(model: Classifier, spec: Spec, out: Path) -> None:

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from bhsearch.data.widerface import SETTINGS, EvalGroundTruth, image_ids, image_key, load_eval_gt
 from bhsearch.errors import DataError, UsageError
+from bhsearch.tasks.widerface.reader import SETTINGS, EvalGroundTruth, image_ids, image_key, load_eval_gt
 
 IOU_THRESHOLD = 0.5
 THRESH_NUM = 1000
@@ -115,7 +115,7 @@ def coco_to_predictions(
     """Group COCO results (``image_id``, ``bbox`` [x, y, w, h], ``score``) by image key.
 
     ``image_id`` is an integer (1 + position of ``"<event>/<name>"`` in the sorted GT image list, see
-    :func:`bhsearch.data.widerface.image_ids`) or a string: ``"<event>/<name>"`` or the bare file name.
+    :func:`bhsearch.tasks.widerface.reader.image_ids`) or a string: ``"<event>/<name>"`` or the bare file name.
     """
     if not isinstance(results, (list, tuple)):
         raise DataError(f"{source}: COCO results must be a JSON list of detections")
@@ -413,7 +413,7 @@ def write_prediction_folder(preds: Mapping[str, np.ndarray], folder: str | Path)
 
 
 def predictions_to_coco(preds: Mapping[str, np.ndarray], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """COCO results (integer ``image_id`` as in :func:`bhsearch.data.widerface.image_ids`) of a mapping."""
+    """COCO results (integer ``image_id`` as in :func:`bhsearch.tasks.widerface.reader.image_ids`) of a mapping."""
     ids = image_ids(keys)
     out = []
     for key, rows in preds.items():

@@ -553,7 +553,7 @@ def _settings(protocol, thr, ranges, max_dets, iod_threshold, area_lower, gt, de
 def _mr_settings(protocol: str) -> dict:
     if protocol == "coco":
         return {"tool": "COCO-style matching at IoU 0.5", "iou_thresholds": [MR_IOU], "max_dets": "as AP"}
-    from bhsearch.evaluation import miss_rate as m
+    from bhsearch.tasks.tinyperson import miss_rate as m
 
     return {
         "tool": "TinyBenchmark CityPersons fork (eval_MR_multisetup)",
@@ -620,7 +620,7 @@ def evaluate(
                 lamr = log_average_miss_rate(tp, fp, npig, len(g.image_ids))
                 mr[f"MR50_{name}"] = None if lamr < 0 else 100.0 * lamr
     if protocol == "official":
-        from bhsearch.evaluation.miss_rate import official_miss_rates
+        from bhsearch.tasks.tinyperson.miss_rate import official_miss_rates
 
         mr = official_miss_rates(g, d)
     out = {key: result[key] for key in sorted(result, key=_key_order)}

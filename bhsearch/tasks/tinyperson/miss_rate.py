@@ -101,7 +101,7 @@ def _match_image(iou, iod, ig, garea, darea, thr):
 def official_miss_rates(gt, det, iou_thresholds=MR_IOU_THRESHOLDS) -> dict[str, float | None]:
     """``MR{25,50,75}_<setup>`` in percent (None: no counted GT) for loaded GT and detections.
 
-    ``gt`` and ``det`` are :class:`bhsearch.evaluation.tinyperson.GroundTruth` / ``Detections``.
+    ``gt`` and ``det`` are :class:`bhsearch.tasks.tinyperson.evaluate.GroundTruth` / ``Detections``.
     """
     thr = np.minimum(np.asarray(iou_thresholds, np.float64), 1 - 1e-10)
     names = list(MR_SETUPS)

@@ -225,7 +225,7 @@ class WiderFaceDataset:
         check_images: bool = True,
         cache_size: int = 2,
     ) -> None:
-        from bhsearch.data.tinyperson import ImageCache
+        from bhsearch.tasks.tinyperson.reader import ImageCache
 
         self.root = find_root(root)
         self.split = split

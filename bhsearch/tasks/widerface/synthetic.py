@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from bhsearch.data.widerface import ATTRIBUTES, SETTINGS, image_key
 from bhsearch.errors import UsageError
+from bhsearch.tasks.widerface.reader import ATTRIBUTES, SETTINGS, image_key
 
 EVENTS = ("0--Parade", "1--Handshaking", "2--Demonstration", "3--Riot", "4--Dancing", "5--Car_Accident")
 SETTING_MIN_HEIGHT = {"easy": 50.0, "medium": 25.0, "hard": 10.0}

@@ -6,7 +6,7 @@ recall points, maxDets 1500, area ranges all [0, 1e5²], very tiny [0, 8²], tin
 small [16², 32²], medium [32², 1e5²] (GT ``area`` field, bounds inclusive), ``iscrowd`` GT
 ignored, no IoD rule. AP is the mean over categories with GT in the range (and IoU thresholds).
 Keys ``AP``, ``AP50``, ``AP75``, ``AP_vt``, ``AP_t``, ``AP_s``, ``AP_m`` in percent (None where no
-category has GT). The matching engine is the TinyPerson one (``bhsearch.evaluation.tinyperson``).
+category has GT). The matching engine is the TinyPerson one (``bhsearch.tasks.tinyperson.evaluate``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bhsearch.errors import DataError, UsageError
-from bhsearch.evaluation import tinyperson as engine
+from bhsearch.tasks.tinyperson import evaluate as engine
 
 AITOD_IOU_THRESHOLDS = tuple(np.linspace(0.5, 0.95, 10))
 AITOD_RANGES = {

@@ -123,7 +123,7 @@ def face_detector_settings(model: nn.Module) -> dict[str, Any]:
     """The keyword arguments that rebuild ``model`` with :func:`build_face_detector`."""
     settings = getattr(model, "face_settings", None)
     if settings is None:
-        raise UsageError("this model was not built by bhsearch.widerface_detector.build_face_detector")
+        raise UsageError("this model was not built by bhsearch.tasks.widerface.detector.build_face_detector")
     return dict(settings)
 
 
