@@ -80,9 +80,8 @@ def main() -> None:
     from PIL import Image
     from torch.utils.data import RandomSampler
 
-    from bhsearch.data.registry import resolve_tinyperson
     from bhsearch.tasks.tinyperson import synthetic
-    from bhsearch.tasks.tinyperson.reader import ImageGroupedSampler, TileDataset, TinyPersonDataset
+    from bhsearch.tasks.tinyperson.reader import ImageGroupedSampler, TileDataset, TinyPersonDataset, resolve_tinyperson
 
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()

@@ -150,3 +150,32 @@ def test_cli_aitod(tmp_path):
     proc = subprocess.run([*run, "--gt", str(tmp_path / "gt.json"), "--dets", str(tmp_path / "bad.json")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "image_id 99" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tiles_carry_the_category_labels(tmp_path):
+    from bhsearch.data.registry import open_detection
+
+    write_aitod(tmp_path, n_trainval=1, n_test=1, seed=1, image_size=256, objects=(20, 30))
+    ds = open_detection(f"aitod:{tmp_path}", "train")
+    assert ds.category_ids == list(range(1, 9))
+    raw = json.loads((tmp_path / "AI-TOD" / "annotations" / "aitod_trainval_v1.json").read_text())
+    labels = sorted(a["category_id"] for a in raw["annotations"] if not a["iscrowd"])  # crowd: ignore regions
+    assert sorted(ds.records[0].labels.tolist()) == labels  # category ids 1..8 are labels 1..8
+    tiles = open_detection(f"aitod:{tmp_path}", "train", tile=(128, 128), overlap=0, keep_empty=True)
+    got = sorted(int(v) for i in range(len(tiles)) for v in tiles[i][1]["labels"])
+    assert set(got) <= set(labels) and len(got) >= 0.8 * len(labels)  # boxes cut by a tile edge may drop
+
+
+def test_finetune_on_synthetic_aitod_uses_its_evaluator(tmp_path):
+    from bhsearch.train.finetune import FinetuneConfig, run_finetune
+
+    cfg = FinetuneConfig(
+        epochs=1, batch_size=2, width_mult=0.125, tile=(256, 256), overlap=0, max_train_tiles=4,
+        max_eval_images=1, fpn_channels=16, progress="off", eval_batch_size=2,
+    )
+    res = run_finetune("resnet18", f"synthetic-aitod:{tmp_path / 'data'}", cfg, out_dir=tmp_path / "run")
+    assert res["benchmark"] == "aitod" and res["max_dets"] == 1500
+    assert {"AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "best_AP50"} <= set(res)
+    meta = json.loads((tmp_path / "run" / "spec.json").read_text())
+    assert meta["run"]["benchmark"] == "aitod" and meta["run"]["category_ids"] == list(range(1, 9))
+    assert meta["detector"]["num_classes"] == 8  # foreground classes (torchvision adds the background)

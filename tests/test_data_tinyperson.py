@@ -18,6 +18,7 @@ from bhsearch.tasks.tinyperson.reader import (
     TileDataset,
     TinyPersonDataset,
     collate_tiles,
+    resolve_tinyperson,
 )
 
 
@@ -204,9 +205,9 @@ def synth_dir(tmp_path_factory):
 
 def test_synthetic_tinyperson_layout_and_flags(synth_dir):
     out, info = synth_dir
-    train_json, train_root, test_json, test_root = registry.resolve_tinyperson(out)
+    train_json, train_root, test_json, test_root = resolve_tinyperson(out)
     assert train_json.name == "tiny_set_train.json" and test_json.parent.name == "task"
-    assert registry.resolve_tinyperson(out / "tiny_set") == (train_json, train_root, test_json, test_root)
+    assert resolve_tinyperson(out / "tiny_set") == (train_json, train_root, test_json, test_root)
     plain = TinyPersonDataset(train_json, train_root)
     with_dense = TinyPersonDataset(train_json.with_name("tiny_set_train_with_dense.json"), train_root)
     assert len(plain) == 2 and len(with_dense) == 3 and with_dense.summary()["dense_images"] == 1
@@ -230,7 +231,7 @@ def test_synthetic_tinyperson_is_deterministic(synth_dir, tmp_path):
 
 def test_synthetic_corner_file_matches_original(synth_dir):
     out, info = synth_dir
-    _, _, test_json, test_root = registry.resolve_tinyperson(out)
+    _, _, test_json, test_root = resolve_tinyperson(out)
     full = TinyPersonDataset(test_json, test_root)
     corner = TinyPersonDataset(info["corner_json"], test_root)
     assert len(corner) == 4 * len(full)
@@ -254,7 +255,7 @@ def test_registry_errors_and_detection(synth_dir, tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         registry.open_detection(f"tinyperson:{tmp_path / 'none'}")
     with pytest.raises(DataError, match="no tiny_set/annotations"):
-        registry.resolve_tinyperson(tmp_path)
+        resolve_tinyperson(tmp_path)
     ds = registry.open_detection(f"tinyperson:{out}", "test")
     assert isinstance(ds, TinyPersonDataset)
     tiles = registry.open_detection(f"tinyperson:{out}", "train", tile=(256, 256), overlap=30)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from bhsearch.tasks.registry import benchmark_names
+
 ORDER = 50
 
 DESCRIPTION = """\
@@ -52,7 +54,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--benchmark",
-        choices=("tinyperson", "aitod", "widerface"),
+        choices=benchmark_names(),
         default="tinyperson",
         help="tinyperson (default), aitod (AI-TOD toolkit COCOeval) or widerface",
     )
@@ -87,51 +89,34 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def _options(args) -> dict:
+    """The evaluator options of ``args.benchmark`` (only TinyPerson has protocol variants)."""
     from bhsearch.errors import UsageError
 
-    if args.benchmark == "widerface":
-        try:
-            from bhsearch.tasks.widerface.evaluate import evaluate_widerface
-        except ImportError:
-            raise UsageError("WiderFace evaluation is not available in this version of bhsearch") from None
-        result = evaluate_widerface(args.gt, args.dets)
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            _print_flat(result, "WiderFace")
-        return 0
-
-    if args.benchmark == "aitod":
-        from bhsearch.tasks.aitod.evaluate import AITOD_MAX_DETS, evaluate_aitod
-
-        result = evaluate_aitod(args.gt, args.dets, max_dets=AITOD_MAX_DETS if args.max_dets is None else args.max_dets)
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            _print_flat(result, "AI-TOD (AI-TOD toolkit COCOeval), percent")
-        return 0
-
-    from bhsearch.tasks.tinyperson.evaluate import evaluate
-
-    if args.max_dets is None:
-        args.max_dets = 200
-    if args.max_dets < 1:
+    if args.max_dets is not None and args.max_dets < 1:
         raise UsageError(f"--max-dets must be positive, got {args.max_dets}")
-    area_lower = int(args.area_lower) if float(args.area_lower).is_integer() else args.area_lower
-    result = evaluate(
-        args.gt,
-        args.dets,
-        max_dets=args.max_dets,
-        iod_threshold=args.iod_threshold,
-        area_lower=area_lower,
-        protocol=args.protocol,
-        skip_dense=args.skip_dense,
-    )
+    if args.benchmark == "widerface":
+        return {}
+    options = {} if args.max_dets is None else {"max_dets": args.max_dets}
+    if args.benchmark == "tinyperson":
+        area_lower = int(args.area_lower) if float(args.area_lower).is_integer() else args.area_lower
+        options.update(
+            iod_threshold=args.iod_threshold, area_lower=area_lower, protocol=args.protocol, skip_dense=args.skip_dense
+        )
+    return options
+
+
+def run(args) -> int:
+    from bhsearch.tasks import get_benchmark
+
+    bench = get_benchmark(args.benchmark)
+    result = bench.evaluate(args.gt, args.dets, **_options(args))
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
+    elif bench.name == "tinyperson":
         _print_tinyperson(result)
+    else:
+        _print_flat(result, f"{bench.title} ({result.get('settings', {}).get('protocol', 'official protocol')}), percent")
     return 0
 
 

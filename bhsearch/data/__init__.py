@@ -22,7 +22,7 @@ _LAZY = {
     "detections_to_coco": "bhsearch.data.tiling",
     "open_classification": "bhsearch.data.registry",
     "open_detection": "bhsearch.data.registry",
-    "resolve_tinyperson": "bhsearch.data.registry",
+    "resolve_tinyperson": "bhsearch.tasks.tinyperson.reader",
     "load_pickle": "bhsearch.data.safe_pickle",
 }
 

@@ -1,10 +1,12 @@
 """Dataset references ``KIND:PATH`` (the ``--data`` option) resolved to the real readers.
 
-Kinds: ``cifar100:DIR``, ``imagenet32:DIR``, ``tinyperson:DIR``, ``widerface:DIR`` read user data;
-``synthetic-cifar100:DIR``, ``synthetic-imagenet32:DIR``, ``synthetic-tinyperson:DIR``, ``synthetic-widerface:DIR``
-first generate a small CPU-sized set into DIR (only if DIR holds none yet) and then read it with the same real
-readers. ``DETECTION_KINDS`` are the TinyPerson kinds (``bhsearch finetune``, tiles); the WiderFace kinds
-(``FACE_KINDS``) are fine-tuned by ``bhsearch.train.finetune_widerface``, and ``open_detection`` reads them too.
+Kinds: ``cifar100:DIR``, ``imagenet32:DIR``, ``tinyperson:DIR``, ``aitod:DIR``, ``widerface:DIR`` read user
+data; ``synthetic-cifar100:DIR``, ``synthetic-imagenet32:DIR``, ``synthetic-tinyperson:DIR``,
+``synthetic-aitod:DIR``, ``synthetic-widerface:DIR`` first generate a small CPU-sized set into DIR (only if DIR
+holds none yet) and then read it with the same real readers. ``DETECTION_KINDS`` are the tiled kinds
+(TinyPerson, AI-TOD: ``bhsearch finetune``); the WiderFace kinds (``FACE_KINDS``) are fine-tuned by
+``bhsearch.train.finetune_widerface``, and ``open_detection`` reads them too. Which benchmark a kind belongs
+to: ``bhsearch.tasks.benchmark_for_kind``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bhsearch.errors import DataError, UsageError
+from bhsearch.errors import UsageError
 
 CLASSIFICATION_KINDS = ("cifar100", "imagenet32", "synthetic-cifar100", "synthetic-imagenet32")
-DETECTION_KINDS = ("tinyperson", "synthetic-tinyperson")
+DETECTION_KINDS = ("tinyperson", "synthetic-tinyperson", "aitod", "synthetic-aitod")
 FACE_KINDS = ("widerface", "synthetic-widerface")
 KINDS = CLASSIFICATION_KINDS + DETECTION_KINDS + FACE_KINDS
 
@@ -25,7 +27,8 @@ SYNTHETIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic-cifar100": {"n_train": 5000, "n_test": 1000, "seed": 0},
     "synthetic-imagenet32": {"n_batches": 2, "per_batch": 2000, "n_val": 1000, "seed": 0},
     "synthetic-tinyperson": {"n_train": 12, "n_test": 6, "seed": 0, "min_size": 800, "max_size": 1600},
-    "synthetic-widerface": {},  # write_widerface's defaults, as bhsearch.train.finetune_widerface.open_widerface
+    "synthetic-widerface": {},
+    "synthetic-aitod": {"n_trainval": 6, "n_test": 3, "seed": 0},  # write_widerface's defaults, as bhsearch.train.finetune_widerface.open_widerface
 }
 
 
@@ -55,6 +58,11 @@ def ensure_synthetic(kind: str, path: Path) -> Path:
             from bhsearch.tasks.widerface.synthetic import write_widerface
 
             write_widerface(path, **params)
+    elif kind == "synthetic-aitod":
+        if not (path / "AI-TOD" / "annotations" / "aitod_test_v1.json").is_file():
+            from bhsearch.tasks.aitod.synthetic import write_aitod
+
+            write_aitod(path, **params)
     elif not (path / "tiny_set" / "annotations" / "task" / "tiny_set_test_all.json").is_file():
         write_tinyperson(path, **params)
     return path
@@ -82,33 +90,6 @@ def open_classification(ref: str, split: str = "train", transform: Callable | No
     return ImageNet32(path, "val" if split == "test" else split, transform=transform, **kwargs)
 
 
-def resolve_tinyperson(path: str | Path) -> tuple[Path, Path, Path, Path]:
-    """``(train_json, train_img_root, test_json, test_img_root)`` of a TinyPerson tree.
-
-    ``path`` may be ``tiny_set`` itself or the folder that contains it. The training annotations are
-    ``annotations/tiny_set_train.json`` (else ``tiny_set_train_with_dense.json``); the test annotations
-    ``annotations/task/tiny_set_test_all.json`` (else ``annotations/tiny_set_test.json``).
-    """
-    path = Path(path)
-    root = path if (path / "annotations").is_dir() else path / "tiny_set"
-    if not (root / "annotations").is_dir():
-        raise DataError(f"{path}: no tiny_set/annotations folder (expected the TinyPerson layout)")
-
-    def first(*cands: str) -> Path:
-        for c in cands:
-            if (root / c).is_file():
-                return root / c
-        raise DataError(f"{root}: none of {', '.join(cands)} found")
-
-    train_json = first("annotations/tiny_set_train.json", "annotations/tiny_set_train_with_dense.json")
-    test_json = first(
-        "annotations/task/tiny_set_test_all.json",
-        "annotations/tiny_set_test.json",
-        "annotations/tiny_set_test_all.json",
-    )
-    return train_json, root / "train", test_json, root / "test"
-
-
 def open_detection(
     ref: str,
     split: str = "train",
@@ -132,12 +113,17 @@ def open_detection(
         ensure_synthetic(kind, path)
     else:
         _existing(path, kind)
-    from bhsearch.tasks.tinyperson.reader import TileDataset, TinyPersonDataset
+    from bhsearch.tasks.tinyperson.reader import TileDataset, TinyPersonDataset, resolve_tinyperson
 
     if kind in FACE_KINDS:
         from bhsearch.tasks.widerface.reader import WiderFaceDataset
 
         dataset = WiderFaceDataset(path, "val" if split == "test" else split)
+    elif kind.endswith("aitod"):
+        from bhsearch.tasks.aitod.reader import resolve_aitod
+
+        ann, img_root = resolve_aitod(path, "trainval" if split == "train" else "test")
+        dataset = TinyPersonDataset(ann, img_root, labels="categories")
     else:
         train_json, train_root, test_json, test_root = resolve_tinyperson(path)
         ann, img_root = (train_json, train_root) if split == "train" else (test_json, test_root)

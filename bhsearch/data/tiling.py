@@ -96,16 +96,20 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def merge_detections(
-    per_tile_dets: Iterable[Mapping[str, Any]], iou_threshold: float = 0.5, max_dets: int | None = None
+    per_tile_dets: Iterable[Mapping[str, Any]],
+    iou_threshold: float = 0.5,
+    max_dets: int | None = None,
+    class_aware: bool = False,
 ) -> dict[str, Any]:
-    """Shift per-tile detections back to the image frame and merge them with class-agnostic NMS.
+    """Shift per-tile detections back to the image frame and merge them with NMS.
 
     Each item is a mapping with ``tile`` (x0, y0, x1, y1), ``boxes`` (N, 4 xyxy in tile coordinates),
-    ``scores`` (N,) and optionally ``labels`` (N,). Returns torch tensors ``boxes``, ``scores``,
+    ``scores`` (N,) and optionally ``labels`` (N,). NMS is class-agnostic (TinyBenchmark's merge) unless
+    ``class_aware`` (per label, for multi-class benchmarks). Returns torch tensors ``boxes``, ``scores``,
     ``labels`` sorted by decreasing score (at most ``max_dets``).
     """
     import torch
-    from torchvision.ops import nms
+    from torchvision.ops import batched_nms, nms
 
     boxes, scores, labels = [], [], []
     for det in per_tile_dets:
@@ -123,27 +127,39 @@ def merge_detections(
     tb = torch.from_numpy(np.concatenate(boxes))
     ts = torch.from_numpy(np.concatenate(scores))
     tl = torch.from_numpy(np.concatenate(labels))
-    keep = nms(tb, ts, iou_threshold)  # sorted by decreasing score
+    keep = batched_nms(tb, ts, tl, iou_threshold) if class_aware else nms(tb, ts, iou_threshold)  # by score
     if max_dets is not None:
         keep = keep[:max_dets]
     return {"boxes": tb[keep], "scores": ts[keep], "labels": tl[keep]}
 
 
-def detections_to_coco(image_id: int, dets: Mapping[str, Any], category_id: int = 1) -> list[dict[str, Any]]:
-    """Merged detections (``boxes`` xyxy, ``scores``) as COCO results ``{image_id, category_id, bbox: xywh, score}``."""
+def detections_to_coco(
+    image_id: int,
+    dets: Mapping[str, Any],
+    category_id: int = 1,
+    category_ids: Sequence[int] | None = None,
+    ndigits: int | None = 3,
+) -> list[dict[str, Any]]:
+    """Merged detections (``boxes`` xyxy, ``scores``, ``labels``) as COCO results ``{image_id, category_id,
+    bbox: xywh, score}``. ``category_ids[label - 1]`` names each detection's category (default: all
+    ``category_id``); ``ndigits`` rounds boxes (scores to twice as many digits; None: exact)."""
     boxes = _to_numpy(dets["boxes"]).astype(np.float64).reshape(-1, 4)
     scores = _to_numpy(dets["scores"]).astype(np.float64).reshape(-1)
+    if category_ids is not None and "labels" in dets:
+        cats = [int(category_ids[int(k) - 1]) for k in _to_numpy(dets["labels"]).reshape(-1)]
+    else:
+        cats = [int(category_id)] * len(scores)
+
+    def r(v: float, digits: int | None) -> float:
+        return float(v) if digits is None else round(float(v), digits)
+
+    d2 = None if ndigits is None else 2 * ndigits
     return [
         {
             "image_id": int(image_id),
-            "category_id": int(category_id),
-            "bbox": [
-                round(float(b[0]), 3),
-                round(float(b[1]), 3),
-                round(float(b[2] - b[0]), 3),
-                round(float(b[3] - b[1]), 3),
-            ],
-            "score": round(float(s), 6),
+            "category_id": c,
+            "bbox": [r(b[0], ndigits), r(b[1], ndigits), r(b[2] - b[0], ndigits), r(b[3] - b[1], ndigits)],
+            "score": r(s, d2),
         }
-        for b, s in zip(boxes, scores, strict=True)
+        for b, s, c in zip(boxes, scores, cats, strict=True)
     ]

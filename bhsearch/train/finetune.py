@@ -59,8 +59,12 @@ class FinetuneConfig:
     -1 none, 0 the stem, k the stem and stages 1..k (None: 1 with torchvision weights, else -1).
     ``max_train_tiles`` / ``max_eval_images`` cut the data for quick runs (seeded subsets).
     ``detector_kwargs`` go to ``bhsearch.detectors.build_detector`` (e.g. ``anchor_sizes``).
+    ``benchmark`` (None: the one whose data ``data`` names, TinyPerson for dataset pairs) picks the
+    evaluator, the number of classes and the headline metric; ``max_dets`` None is its protocol's
+    (TinyPerson 200, AI-TOD 1500).
     """
 
+    benchmark: str | None = None
     detector: str = "faster_rcnn"
     epochs: int = PAPER_EPOCHS
     batch_size: int = 4
@@ -81,7 +85,7 @@ class FinetuneConfig:
     freeze_stages: int | None = None
     width_mult: float = 1.0
     accumulation: int = 1
-    max_dets: int = 200
+    max_dets: int | None = None
     eval_every: int = 1
     eval_batch_size: int = 4
     max_train_tiles: int | None = None
@@ -108,7 +112,14 @@ class FinetuneConfig:
         self.detector_kwargs = dict(self.detector_kwargs or {})
         if self.detector not in DETECTORS:
             raise UsageError(f"unknown detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
-        _positive(self, "epochs", "batch_size", "accumulation", "eval_batch_size", "max_dets", "base_batch")
+        _positive(self, "epochs", "batch_size", "accumulation", "eval_batch_size", "base_batch")
+        if self.max_dets is not None:
+            _positive(self, "max_dets")
+        if self.benchmark is not None:
+            from bhsearch.tasks import get_benchmark
+
+            if get_benchmark(self.benchmark).name == "widerface":
+                raise UsageError("WiderFace is fine-tuned by run_finetune_widerface (bhsearch widerface finetune)")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"finetune lr must be positive, got {self.lr}")
         if self.norm not in NORMS:
@@ -216,6 +227,19 @@ def freeze_stages(body: torch.nn.Module, stages: int) -> list[str]:
 # --------------------------------------------------------------------------- data
 
 
+def resolve_benchmark(data: Any, config: FinetuneConfig):
+    """The benchmark of a run: ``config.benchmark``, else the one whose data ``data`` names."""
+    from bhsearch.tasks import benchmark_for_kind, get_benchmark
+
+    if config.benchmark is not None:
+        return get_benchmark(config.benchmark)
+    if isinstance(data, (str, Path)):
+        from bhsearch.data.registry import parse_ref
+
+        return benchmark_for_kind(parse_ref(str(data))[0])
+    return get_benchmark("tinyperson")
+
+
 def open_detection_data(data: Any, config: FinetuneConfig):
     """(training tiles, whole test images) from a ``KIND:PATH`` ref or a ``(train, test)`` pair."""
     from bhsearch.tasks.tinyperson.reader import TileDataset
@@ -226,8 +250,8 @@ def open_detection_data(data: Any, config: FinetuneConfig):
         train = open_detection(
             str(data), "train", tile=config.tile, overlap=config.overlap, keep_empty=config.keep_empty
         )
-        # dense images are not evaluated (TinyPerson protocol), so inference skips them
-        test = open_detection(str(data), "test", include_dense=False)
+        # the official protocol evaluates every image of the test file (the released one has no dense images)
+        test = open_detection(str(data), "test")
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         train, test = data
         if not isinstance(train, TileDataset):
@@ -247,6 +271,7 @@ class _Subset:
         if hasattr(dataset, "records"):
             self.records = [dataset.records[i] for i in indices]
             self.annotation_json = dataset.annotation_json
+            self.category_ids = list(getattr(dataset, "category_ids", [1]))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -327,13 +352,16 @@ def run_finetune(
     ``init``: a backbone file (see module doc) or None. ``resume=True`` continues from
     ``out_dir/checkpoint.pt`` (fresh start when absent) to the same final result.
     ``callback(stage, epoch, metrics, out_dir)`` runs after every epoch, once the checkpoint
-    is written. Returns the last epoch's metrics plus ``best_AP50_tiny``, ``history`` and paths.
+    is written. Returns the last epoch's metrics plus ``best_<metric>`` (``best_AP50_tiny`` on TinyPerson,
+    ``best_AP50`` on AI-TOD), ``benchmark``, ``history`` and paths.
     """
     from bhsearch.detectors import build_detector, detector_settings
     from bhsearch.models import build_backbone
     from bhsearch.tasks.tinyperson.reader import collate_tiles
 
     config = config or FinetuneConfig()
+    bench = resolve_benchmark(data, config)
+    max_dets = config.max_dets or bench.detector_defaults.get("max_dets", 200)
     spec = get_spec(spec)
     if config.width_mult != 1.0:
         spec = spec.scaled(config.width_mult)
@@ -364,7 +392,7 @@ def run_finetune(
     model = build_detector(
         spec,
         config.detector,
-        num_classes=1,
+        num_classes=len(getattr(test_ds, "category_ids", [1])),
         norm=norm,
         image_size=config.tile,
         fpn_channels=config.fpn_channels,
@@ -403,6 +431,8 @@ def run_finetune(
         "norm": norm,
         "frozen": frozen,
         "lr": config.effective_lr,
+        "benchmark": bench.name,
+        "category_ids": list(getattr(test_ds, "category_ids", [1])),
     }
 
     def checkpoint(st: loop.LoopState, rng: dict[str, Any]) -> None:
@@ -455,7 +485,7 @@ def run_finetune(
     def evaluate(epoch: int) -> dict[str, Any]:
         if not ((config.eval_every and epoch % config.eval_every == 0) or epoch == config.epochs):
             return {}
-        reporter.phase(f"finetune epoch {epoch}/{config.epochs}: evaluating")
+        reporter.phase(f"finetune epoch {epoch}/{config.epochs}: evaluating ({bench.title})")
         t_eval = time.perf_counter()
         metrics = evaluate_model(
             model,
@@ -463,13 +493,14 @@ def run_finetune(
             gt=gt,
             tile=config.tile,
             overlap=config.overlap,
-            max_dets=config.max_dets,
+            max_dets=max_dets,
             batch_size=config.eval_batch_size,
             device=device,
             amp_dtype=amp_dtype,
             num_workers=config.num_workers,
+            benchmark=bench.name,
         )
-        return {**scalar_metrics(metrics), "max_dets": config.max_dets, "eval_time_s": time.perf_counter() - t_eval}
+        return {**scalar_metrics(metrics), "max_dets": max_dets, "eval_time_s": time.perf_counter() - t_eval}
 
     weights_meta = {"format": "bhsearch-detector", "spec_id": spec.id}
     history = loop.run_epochs(
@@ -484,7 +515,7 @@ def run_finetune(
             loss_fn=loss_fn,
             trainer=trainer,
             reporter=reporter,
-            keys=("loss", "lr", "AP50_tiny", "AP50_tiny1", "AP50_small", "train_images_per_s", "epoch_time_s"),
+            keys=("loss", "lr", *bench.metric_keys[:3], "train_images_per_s", "epoch_time_s"),
             evaluate=evaluate,
             save_weights=lambda: loop.save_safetensors(out / "model.safetensors", model.state_dict(), metadata=weights_meta),
             checkpoint=checkpoint,
@@ -494,10 +525,11 @@ def run_finetune(
         )
     )
     last = dict(history[-1]) if history else {}
-    scores = [row["AP50_tiny"] for row in history if row.get("AP50_tiny") is not None]
+    scores = [row[bench.metric] for row in history if row.get(bench.metric) is not None]
     return {
         **last,
-        "best_AP50_tiny": max(scores, default=None),
+        f"best_{bench.metric}": max(scores, default=None),
+        "benchmark": bench.name,
         "spec_id": spec.id,
         "out_dir": str(out),
         "model": str(out / "model.safetensors"),

@@ -29,19 +29,11 @@ def _tile_loader(dataset, tile: Sequence[int], overlap: int, batch_size: int, nu
     return tiles, loop.make_loader(tiles, sampler, collate_fn=collate_tiles, num_workers=num_workers, device=device)
 
 
-def detections_to_coco(image_id: int, merged: dict[str, torch.Tensor], category_id: int = 1) -> list[dict[str, Any]]:
-    """Merged ``boxes`` (xyxy) / ``scores`` of one image → COCO result dicts (``bbox`` = x, y, w, h)."""
-    boxes = merged["boxes"].tolist()
-    scores = merged["scores"].tolist()
-    return [
-        {
-            "image_id": int(image_id),
-            "category_id": category_id,
-            "bbox": [x0, y0, x1 - x0, y1 - y0],
-            "score": float(s),
-        }
-        for (x0, y0, x1, y1), s in zip(boxes, scores, strict=True)
-    ]
+def detections_to_coco(image_id: int, merged: dict[str, torch.Tensor], category_ids=None) -> list[dict[str, Any]]:
+    """Merged ``boxes`` (xyxy) / ``scores`` / ``labels`` of one image → exact COCO result dicts."""
+    from bhsearch.data import tiling
+
+    return tiling.detections_to_coco(image_id, merged, category_ids=category_ids, ndigits=None)
 
 
 @torch.no_grad()
@@ -76,11 +68,16 @@ def predict_tiled(
     current: int | None = None
     pending: list[dict[str, Any]] = []
 
+    category_ids = list(getattr(dataset, "category_ids", [1]))
+    multi_class = len(category_ids) > 1
+
     def flush() -> None:
         if current is None:
             return
-        merged = tiling.merge_detections(pending, iou_threshold=nms_iou, max_dets=max_per_image)
-        results.extend(detections_to_coco(dataset.records[current].image_id, merged))
+        merged = tiling.merge_detections(
+            pending, iou_threshold=nms_iou, max_dets=max_per_image, class_aware=multi_class
+        )
+        results.extend(detections_to_coco(dataset.records[current].image_id, merged, category_ids))
 
     index = 0
     try:
@@ -99,6 +96,7 @@ def predict_tiled(
                         "tile": target["tile"],
                         "boxes": out["boxes"].float().cpu(),
                         "scores": out["scores"].float().cpu(),
+                        "labels": out["labels"].cpu() if "labels" in out else torch.ones(len(out["scores"])),
                     }
                 )
             if on_batch is not None:
@@ -123,16 +121,18 @@ def evaluate_model(
     num_workers: int = 0,
     detections_out: str | Path | None = None,
     on_batch: Callable[[int], None] | None = None,
+    benchmark: str = "tinyperson",
 ) -> dict[str, Any]:
-    """Tiled inference on ``dataset`` + the TinyPerson evaluator (AP/MR in percent).
+    """Tiled inference on ``dataset`` + the ``benchmark``'s official evaluator (AP/MR in percent).
 
     ``gt`` defaults to the dataset's own annotation file. The result is the evaluator's dict
-    (``AP50_tiny``, ``AP50_tiny1`` …, ``MR50_tiny`` …, ``settings``, ``warnings``) plus
-    ``num_detections``. ``detections_out`` also writes the COCO results JSON there.
+    (TinyPerson: ``AP50_tiny``, ``AP50_tiny1`` …, ``MR50_tiny`` …; AI-TOD: ``AP``, ``AP50`` …; plus
+    ``settings``, ``warnings``) and ``num_detections``. ``detections_out`` also writes the COCO
+    results JSON there.
     """
     import json
 
-    from bhsearch.tasks.tinyperson.evaluate import evaluate
+    from bhsearch.tasks import get_benchmark
 
     dets = predict_tiled(
         model,
@@ -148,7 +148,7 @@ def evaluate_model(
     if detections_out is not None:
         loop.atomic_write_text(detections_out, json.dumps(dets))
     gt = gt if gt is not None else dataset.annotation_json
-    metrics = evaluate(gt, dets, max_dets=max_dets)
+    metrics = get_benchmark(benchmark).evaluate(gt, dets, max_dets=max_dets)
     metrics["num_detections"] = len(dets)
     return metrics
 

@@ -43,6 +43,7 @@ class ImageRecord:
     height: int
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # 1..K, one per box
     uncertain: int = 0
     dense: bool = False
     corner: tuple[int, int, int, int] | None = None
@@ -52,6 +53,18 @@ class ImageRecord:
         """Absolute sizes sqrt(w*h) of the positive boxes."""
         wh = self.boxes[:, 2:] - self.boxes[:, :2]
         return np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
+
+
+def _category_ids(data: dict[str, Any]) -> list:
+    """The sorted category ids of a COCO dict (from ``categories``, else from the annotations)."""
+    cats = data.get("categories")
+    ids = {c.get("id") for c in cats if isinstance(c, dict)} if isinstance(cats, list) and cats else set()
+    if not ids:
+        ids = {a.get("category_id") for a in data["annotations"] if isinstance(a, dict)}
+    try:
+        return sorted(ids)
+    except TypeError:
+        raise DataError("category ids must all be integers") from None
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
@@ -87,8 +100,11 @@ def _image_size(path: Path) -> tuple[int, int]:
 class TinyPersonDataset:
     """Per-image records of a TinyPerson annotation file; items are ``(uint8 HWC image, target)``.
 
-    ``target`` holds numpy ``boxes`` (N, 4 xyxy), ``labels`` (N, all 1), ``ignore_boxes`` (M, 4),
-    ``image_id``. ``include_dense=False`` leaves out images flagged ``in_dense_image``.
+    ``target`` holds numpy ``boxes`` (N, 4 xyxy), ``labels`` (N,), ``ignore_boxes`` (M, 4),
+    ``image_id``. ``include_dense=False`` leaves out images flagged ``in_dense_image``. ``labels="merged"``
+    (TinyPerson: one *person* class) labels every box 1; ``labels="categories"`` (AI-TOD) labels a box
+    1 + the rank of its ``category_id`` among the file's categories, and ``category_ids[label - 1]`` maps
+    a label back.
     """
 
     def __init__(
@@ -100,13 +116,18 @@ class TinyPersonDataset:
         out_of_bounds: str = "clip",
         check_images: bool = True,
         cache_size: int = 2,
+        labels: str = "merged",
     ) -> None:
+        if labels not in ("merged", "categories"):
+            raise UsageError(f"labels must be 'merged' or 'categories', got {labels!r}")
         if out_of_bounds not in ("clip", "error"):
             raise UsageError(f"out_of_bounds must be 'clip' or 'error', got {out_of_bounds!r}")
         self.annotation_json, self.image_root = Path(annotation_json), Path(image_root)
         self.out_of_bounds = out_of_bounds
         self.counts = {"clipped": 0, "dropped_outside": 0, "dropped_zero_area": 0, "crowd": 0, "logo": 0}
-        self.records = self._parse(load_json(self.annotation_json), check_images)
+        data = load_json(self.annotation_json)
+        self.category_ids = _category_ids(data) if labels == "categories" else [1]
+        self.records = self._parse(data, check_images)
         if not include_dense:
             self.records = [r for r in self.records if not r.dense]
         self.cache = ImageCache(cache_size)
@@ -148,7 +169,10 @@ class TinyPersonDataset:
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise DataError(f"{src}: image file not found: {missing[0]}{more}")
+        label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
+        merged = len(self.category_ids) == 1 and self.category_ids == [1]
         pos: dict[int, list] = {i: [] for i in records}
+        lab: dict[int, list] = {i: [] for i in records}
         ign: dict[int, list] = {i: [] for i in records}
         uncertain: dict[int, int] = dict.fromkeys(records, 0)
         oob = 0
@@ -199,6 +223,9 @@ class TinyPersonDataset:
                 uncertain[rec.image_id] += "uncertain" in flags
             else:
                 pos[rec.image_id].append(box)
+                if not merged and ann.get("category_id") not in label_of:
+                    raise DataError(f"{src}: annotation {aid}: category_id {ann.get('category_id')!r} is not in 'categories'")
+                lab[rec.image_id].append(1 if merged else label_of[ann.get("category_id")])
         self.counts["clipped"] = oob
         if oob:
             warnings.warn(f"{src}: {oob} boxes extend outside their image and were clipped", stacklevel=3)
@@ -207,6 +234,7 @@ class TinyPersonDataset:
         for image_id, rec in records.items():
             rec.boxes = np.asarray(pos[image_id], np.float32).reshape(-1, 4)
             rec.ignore_boxes = np.asarray(ign[image_id], np.float32).reshape(-1, 4)
+            rec.labels = np.asarray(lab[image_id], np.int64).reshape(-1)
             rec.uncertain = uncertain[image_id]
         return list(records.values())
 
@@ -237,7 +265,7 @@ class TinyPersonDataset:
         rec = self.records[index]
         return {
             "boxes": rec.boxes,
-            "labels": np.ones(len(rec.boxes), np.int64),
+            "labels": rec.labels,
             "ignore_boxes": rec.ignore_boxes,
             "image_id": rec.image_id,
         }
@@ -357,7 +385,7 @@ class TileDataset:
         image = torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1), dtype=np.float32)).div_(255.0)
         target = {
             "boxes": torch.from_numpy(t["boxes"]).float().reshape(-1, 4),
-            "labels": torch.ones(len(t["boxes"]), dtype=torch.int64),
+            "labels": torch.from_numpy(self.dataset.records[i].labels[t["box_index"]]).long(),
             "ignore_boxes": torch.from_numpy(t["ignore_boxes"]).float().reshape(-1, 4),
             "image_id": torch.tensor(self.dataset.records[i].image_id, dtype=torch.int64),
             "tile": torch.tensor(win, dtype=torch.int64),
@@ -428,3 +456,39 @@ class ImageGroupedSampler:
                 rng.shuffle(g)
         for img in order:
             yield from groups[img]
+def resolve_tinyperson(path: str | Path) -> tuple[Path, Path, Path, Path]:
+    """``(train_json, train_img_root, test_json, test_img_root)`` of a TinyPerson tree.
+
+    ``path`` may be ``tiny_set`` itself or the folder that contains it. The training annotations are
+    ``annotations/tiny_set_train.json`` (else ``tiny_set_train_with_dense.json``); the test annotations
+    ``annotations/task/tiny_set_test_all.json`` (else ``annotations/tiny_set_test.json``).
+    """
+    path = Path(path)
+    root = path if (path / "annotations").is_dir() else path / "tiny_set"
+    if not (root / "annotations").is_dir():
+        raise DataError(f"{path}: no tiny_set/annotations folder (expected the TinyPerson layout)")
+
+    def first(*cands: str) -> Path:
+        for c in cands:
+            if (root / c).is_file():
+                return root / c
+        raise DataError(f"{root}: none of {', '.join(cands)} found")
+
+    train_json = first("annotations/tiny_set_train.json", "annotations/tiny_set_train_with_dense.json")
+    test_json = first(
+        "annotations/task/tiny_set_test_all.json",
+        "annotations/tiny_set_test.json",
+        "annotations/tiny_set_test_all.json",
+    )
+    return train_json, root / "train", test_json, root / "test"
+
+
+def read_tinyperson(path: str | Path, split: str = "train", **kwargs: Any) -> TinyPersonDataset:
+    """The ``train`` or ``test`` split of a TinyPerson tree (see :func:`resolve_tinyperson`)."""
+    if split not in ("train", "test"):
+        raise UsageError(f"TinyPerson split must be 'train' or 'test', got {split!r}")
+    train_json, train_root, test_json, test_root = resolve_tinyperson(path)
+    ann, root = (train_json, train_root) if split == "train" else (test_json, test_root)
+    return TinyPersonDataset(ann, root, **kwargs)
+
+

@@ -290,7 +290,7 @@ def write_tinyperson(
     Files: ``tiny_set/{train,test}/labeled_images/*.jpg``, ``annotations/tiny_set_train.json`` (no dense
     images), ``annotations/tiny_set_train_with_dense.json``, ``annotations/task/tiny_set_test_all.json``
     (merged ``person`` category) and, with ``corner``, ``annotations/task/tiny_set_test_all_corner.json``
-    (each test image as 4 overlapping sub-images). With ``dense`` the first image of each split is dense
+    (each test image as 4 overlapping sub-images). With ``dense`` the first training image is dense
     (~4x the persons, every annotation ``in_dense_image``). Returns the written paths and size stats.
     """
     from PIL import Image
@@ -318,7 +318,7 @@ def write_tinyperson(
         for i in range(n):
             w = int(rng.integers(min_size, max_size + 1))
             h = int(w * rng.uniform(0.56, 0.8))
-            is_dense = dense and i == 0
+            is_dense = dense and i == 0 and split == "train"  # the released test file has no dense images
             k = int(rng.integers(persons[0], persons[1] + 1)) * (4 if is_dense else 1)
             pixels, img_anns = _render_scene(rng, w, h, k, is_dense)
             name = f"labeled_images/syn_{split}_{i:05d}.{image_format}"
