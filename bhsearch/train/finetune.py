@@ -367,7 +367,6 @@ def run_finetune(
         spec = spec.scaled(config.width_mult)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
 
     init_state, init_kind = read_init_weights(init) if init is not None else (None, None)
     norm = resolve_norm(config, init_kind)
@@ -435,36 +434,24 @@ def run_finetune(
         "category_ids": list(getattr(test_ds, "category_ids", [1])),
     }
 
-    def checkpoint(st: loop.LoopState, rng: dict[str, Any]) -> None:
-        loop.save_checkpoint(
-            ckpt_path,
-            loop.checkpoint_payload("finetune", config, spec, trainer, st, rng, detector=settings, run=run_info),
-        )
-
-    trainer = loop.Trainer(
+    trainer, state, resumed_rng, checkpoint = loop.start_training(
         stage="finetune",
+        checkpoint_stage="finetune",
+        description="finetune",
+        out_dir=out,
+        config=config,
+        spec=spec,
         model=model,
         optimizer=optimizer,
         schedule=schedule,
         device=device,
         amp_dtype=amp_dtype,
-        accumulation=config.accumulation,
         reporter=reporter,
-        save=checkpoint,
-        checkpoint_interval_s=config.checkpoint_interval_s,
-        grad_clip=config.grad_clip,
-    )
-
-    state, resumed_rng = loop.resume_or_start(
-        ckpt_path,
         resume=resume,
-        stage="finetune",
-        description="finetune",
-        config=config,
-        spec=spec,
-        trainer=trainer,
         resumable=RESUMABLE_CHANGES,
-        outputs=("checkpoint.pt", "metrics.jsonl", "model.safetensors"),
+        weights_file="model.safetensors",
+        detector=settings,
+        run=run_info,
     )
     save_spec(spec, out / "spec.json", stage="finetune", detector=settings, run=run_info, config=config.to_dict())
 

@@ -297,7 +297,6 @@ def run_finetune_widerface(
         spec = spec.scaled(config.width_mult)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
 
     init_state, init_kind = read_init_weights(init) if init is not None else (None, None)
     norm = config.norm if config.norm != "auto" else {"torchvision": "frozen_bn", "pretrain": "bn"}.get(init_kind, "gn")
@@ -347,37 +346,24 @@ def run_finetune_widerface(
     settings = face_detector_settings(model)
     run_info = {"init": str(init) if init else None, "init_kind": init_kind, "norm": norm, "frozen": frozen}
 
-    def checkpoint(st: loop.LoopState, rng: dict[str, Any]) -> None:
-        loop.save_checkpoint(
-            ckpt_path,
-            loop.checkpoint_payload(
-                "finetune-widerface", config, spec, trainer, st, rng, detector=settings, run=run_info
-            ),
-        )
-
-    trainer = loop.Trainer(
+    trainer, state, resumed_rng, checkpoint = loop.start_training(
         stage="widerface",
+        checkpoint_stage="finetune-widerface",
+        description="WiderFace fine-tuning",
+        out_dir=out,
+        config=config,
+        spec=spec,
         model=model,
         optimizer=optimizer,
         schedule=schedule,
         device=device,
         amp_dtype=amp_dtype,
-        accumulation=config.accumulation,
         reporter=reporter,
-        save=checkpoint,
-        checkpoint_interval_s=config.checkpoint_interval_s,
-        grad_clip=config.grad_clip,
-    )
-    state, resumed_rng = loop.resume_or_start(
-        ckpt_path,
         resume=resume,
-        stage="finetune-widerface",
-        description="WiderFace fine-tuning",
-        config=config,
-        spec=spec,
-        trainer=trainer,
         resumable=RESUMABLE_CHANGES,
-        outputs=("checkpoint.pt", "metrics.jsonl", "model.safetensors"),
+        weights_file="model.safetensors",
+        detector=settings,
+        run=run_info,
     )
     save_spec(
         spec, out / "spec.json", stage="finetune-widerface", detector=settings, run=run_info, config=config.to_dict()

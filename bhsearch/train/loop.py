@@ -818,3 +818,60 @@ def step_schedule(
         warmup_steps=warmup,
         warmup_ratio=warmup_ratio,
     )
+
+
+def start_training(
+    *,
+    stage: str,
+    checkpoint_stage: str,
+    description: str,
+    out_dir: Path,
+    config: Any,
+    spec: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    reporter: Reporter,
+    resume: bool,
+    resumable: Iterable[str],
+    weights_file: str,
+    **payload: Any,
+) -> tuple[Trainer, LoopState, dict[str, Any] | None, Callable[[LoopState, dict[str, Any]], None]]:
+    """The trainer of a stage, resumed from ``out_dir/checkpoint.pt`` when asked, and its checkpoint writer.
+
+    ``config`` supplies ``accumulation``, ``checkpoint_interval_s`` and ``grad_clip``; ``payload`` goes into
+    every checkpoint (``detector`` settings, ``run`` facts, ``num_classes``). Returns ``(trainer, state,
+    resumed_rng, checkpoint)``.
+    """
+    ckpt_path = out_dir / "checkpoint.pt"
+
+    def checkpoint(st: LoopState, rng: dict[str, Any]) -> None:
+        save_checkpoint(ckpt_path, checkpoint_payload(checkpoint_stage, config, spec, trainer, st, rng, **payload))
+
+    trainer = Trainer(
+        stage=stage,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        device=device,
+        amp_dtype=amp_dtype,
+        accumulation=config.accumulation,
+        reporter=reporter,
+        save=checkpoint,
+        checkpoint_interval_s=config.checkpoint_interval_s,
+        grad_clip=config.grad_clip,
+    )
+    state, resumed_rng = resume_or_start(
+        ckpt_path,
+        resume=resume,
+        stage=checkpoint_stage,
+        description=description,
+        config=config,
+        spec=spec,
+        trainer=trainer,
+        resumable=resumable,
+        outputs=("checkpoint.pt", "metrics.jsonl", weights_file),
+    )
+    return trainer, state, resumed_rng, checkpoint

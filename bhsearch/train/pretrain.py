@@ -357,7 +357,6 @@ def run_pretrain(
         spec = spec.scaled(config.width_mult)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
 
     device = loop.select_device(config.device)
     loop.configure_runtime(device, seed=config.seed, deterministic=config.deterministic, num_threads=config.num_threads)
@@ -395,35 +394,23 @@ def run_pretrain(
     )
     reporter = loop.Reporter("pretrain", config.progress)
 
-    def checkpoint(st: loop.LoopState, rng: dict[str, Any]) -> None:
-        loop.save_checkpoint(
-            ckpt_path, loop.checkpoint_payload("pretrain", config, spec, trainer, st, rng, num_classes=num_classes)
-        )
-
-    trainer = loop.Trainer(
+    trainer, state, resumed_rng, checkpoint = loop.start_training(
         stage="pretrain",
+        checkpoint_stage="pretrain",
+        description="pretrain",
+        out_dir=out,
+        config=config,
+        spec=spec,
         model=model,
         optimizer=optimizer,
         schedule=schedule,
         device=device,
         amp_dtype=amp_dtype,
-        accumulation=config.accumulation,
         reporter=reporter,
-        save=checkpoint,
-        checkpoint_interval_s=config.checkpoint_interval_s,
-        grad_clip=config.grad_clip,
-    )
-
-    state, resumed_rng = loop.resume_or_start(
-        ckpt_path,
         resume=resume,
-        stage="pretrain",
-        description="pretrain",
-        config=config,
-        spec=spec,
-        trainer=trainer,
         resumable=RESUMABLE_CHANGES,
-        outputs=("checkpoint.pt", "metrics.jsonl", "backbone.safetensors"),
+        weights_file="backbone.safetensors",
+        num_classes=num_classes,
     )
     save_spec(spec, out / "spec.json", stage="pretrain", num_classes=num_classes, config=config.to_dict())
 
