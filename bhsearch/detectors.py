@@ -33,8 +33,6 @@ the ``"detector"`` key (``save_spec(spec, path, detector=detector_settings(model
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +46,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from bhsearch.errors import UsageError
+from bhsearch.fileio import atomic_write
 from bhsearch.spec import Spec, get_spec, parse_input_size
 
 DETECTORS = ("faster_rcnn", "retinanet", "fcos")
@@ -317,24 +316,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
-    """Write ``model.state_dict()`` to a safetensors file atomically (temp file + rename)."""
+    """Write ``model.state_dict()`` to a safetensors file atomically (``bhsearch.fileio``, mode 0644)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 __all__ = [

@@ -493,11 +493,12 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
 
 
 def save_spec(spec: Spec, path: str | Path, **metadata: Any) -> Path:
-    """Write ``spec`` as JSON (with its id, name and any metadata) and return the path."""
+    """Write ``spec`` as JSON (with its id, name and any metadata) atomically and return the path."""
     path = Path(path)
     payload = {"id": spec.id, "name": spec_name(spec), **metadata, "spec": spec.to_dict()}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    from bhsearch.fileio import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- input sizes

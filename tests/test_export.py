@@ -334,3 +334,65 @@ def test_cli_study_to_torchvision_and_errors(finetune_dir, tmp_path):
     no_results = _cli("runs/tinyperson", "--to", "mmdet", "--out", "mm/", cwd=tmp_path)
     assert no_results.returncode == 2 and "study directory without results" in no_results.stderr
     assert not (tmp_path / "mm").exists()
+
+
+def test_export_into_a_mount_point_renames_only_inside_it(finetune_dir, tmp_path, monkeypatch):
+    """``out`` acts as a mount point: a rename between it and anything outside fails with EXDEV."""
+    import errno
+    import os
+    import stat
+
+    run_dir, _ = finetune_dir
+    out = tmp_path / "mnt"
+    out.mkdir()
+    (out / "spec.json").write_text("old")
+    (out / "keep.txt").write_text("someone else's")
+    real = os.replace
+    renames = []
+
+    def inside(p) -> bool:
+        return Path(p).absolute().is_relative_to(out)
+
+    def replace(src, dst):
+        renames.append((Path(src), Path(dst)))
+        if inside(src) != inside(dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", replace)
+    old = os.umask(0o022)
+    try:
+        export(run_dir, "torchvision", out)
+    finally:
+        os.umask(old)
+    assert renames and all(inside(s) and inside(d) for s, d in renames)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "keep.txt", "spec.json", "weights.safetensors"]
+    assert json.loads((out / "spec.json").read_text())["id"] == SPEC.id
+    assert {stat.S_IMODE((out / n).stat().st_mode) for n in ("README.md", "spec.json", "weights.safetensors")} == {
+        0o644
+    }
+
+
+def test_failed_export_into_an_existing_folder_keeps_the_old_set(finetune_dir, tmp_path, monkeypatch):
+    """The last rename fails: the new spec.json must not stay beside the old weights."""
+    import os
+
+    run_dir, _ = finetune_dir
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("README.md", "spec.json", "weights.safetensors"):
+        (out / name).write_text(f"old {name}")
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == out / "weights.safetensors" and ".tmp" in Path(src).parent.name:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="Input/output error"):
+        export(run_dir, "torchvision", out)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        n: f"old {n}" for n in ("README.md", "spec.json", "weights.safetensors")
+    }

@@ -202,11 +202,17 @@ def write_csv(result, target: str) -> None:
         writer.writeheader()
         writer.writerows(rows)
         return
-    try:
-        with open(target, "w", newline="") as fh:
+    from bhsearch.fileio import atomic_write, check_writable
+
+    def write(tmp) -> None:
+        with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
+
+    check_writable(target, "--csv", is_dir=False)
+    try:
+        atomic_write(target, write)
     except OSError as exc:
         raise UsageError(f"{target}: cannot write CSV: {exc.strerror or exc}") from None
 

@@ -46,6 +46,7 @@ def register(subparsers) -> None:
     s.add_argument("--width", type=int, default=320, help="image width in pixels (default 320; real set: 1024)")
     s.add_argument("--faces", type=int, nargs=2, default=(0, 12), metavar=("MIN", "MAX"), help="faces per image")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing set in OUT")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(func=run)
 
@@ -118,7 +119,13 @@ def _synth(args) -> int:
     from bhsearch.data.widerface import load_eval_gt
 
     out = write_widerface(
-        args.out, n_train=args.train, n_val=args.val, seed=args.seed, width=args.width, faces=tuple(args.faces)
+        args.out,
+        n_train=args.train,
+        n_val=args.val,
+        seed=args.seed,
+        width=args.width,
+        faces=tuple(args.faces),
+        overwrite=args.overwrite,
     )
     counts = load_eval_gt(out).face_counts()
     result = {"out": str(out), "train_images": args.train, "val_images": args.val, "val_faces": counts}

@@ -38,24 +38,27 @@ def parse_ref(ref: str, allowed: Sequence[str] = KINDS) -> tuple[str, Path]:
 
 
 def ensure_synthetic(kind: str, path: Path) -> Path:
-    """Generate the synthetic set for ``kind`` into ``path`` unless it is already there."""
+    """Generate the synthetic set for ``kind`` into ``path`` unless it is already there.
+
+    A set is there when the file its writer renames in last exists; an incomplete one is replaced.
+    """
     from bhsearch.data import synthetic
 
     params = SYNTHETIC_DEFAULTS[kind]
     if kind == "synthetic-cifar100":
         if not (path / "cifar-100-python" / "train").is_file():
-            synthetic.write_cifar100(path, **params)
+            synthetic.write_cifar100(path, **params, overwrite=True)
     elif kind == "synthetic-imagenet32":
         if not (path / "Imagenet32_val" / "val_data").is_file():
-            synthetic.write_imagenet32(path, **params)
+            synthetic.write_imagenet32(path, **params, overwrite=True)
     elif kind == "synthetic-widerface":
         # the file open_widerface checks: both generate the same set
         if not (path / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
             from bhsearch.data.synthetic_widerface import write_widerface
 
-            write_widerface(path, **params)
+            write_widerface(path, **params, overwrite=True)
     elif not (path / "tiny_set" / "annotations" / "task" / "tiny_set_test_all.json").is_file():
-        synthetic.write_tinyperson(path, **params)
+        synthetic.write_tinyperson(path, **params, overwrite=True)
     return path
 
 

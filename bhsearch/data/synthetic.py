@@ -7,7 +7,9 @@
   person-like objects (TinyPerson's size distribution), look-alike distractors, ignore regions, uncertain
   boxes and a dense image. Distributions are documented in ``docs/datasets.md``.
 
-All drawing is vectorised numpy; everything is seeded and deterministic.
+All drawing is vectorised numpy; everything is seeded and deterministic. Each writer builds its
+folders in a staging folder and renames them into place at the end (``building``), so a killed writer
+leaves nothing a reader trusts; an existing set is replaced only with ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,32 @@ import json
 import math
 import pickle
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bhsearch.errors import UsageError
+from bhsearch.errors import DataError, UsageError
+
+
+@contextmanager
+def building(out_dir: str | Path, names: tuple[str, ...], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a staging folder for the dataset folders ``names`` of ``out_dir``; rename them in at the end.
+
+    Without ``overwrite`` an existing ``out_dir/NAME`` is refused (``DataError``) before anything is
+    written. ``names[-1]`` is renamed in last: put the file readers check for completeness there.
+    """
+    from bhsearch.fileio import atomic_entries, check_writable
+
+    out = Path(out_dir)
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not overwrite:
+        raise DataError(f"{out / existing[0]}: a dataset is already there (use --overwrite to replace it)")
+    check_writable(out, "dataset folder")
+    with atomic_entries(out, last=names[-1:]) as stage:
+        yield stage
 
 # --------------------------------------------------------------------------- 32x32 classification
 
@@ -167,12 +189,19 @@ def _balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.n
     return labels
 
 
-def write_cifar100(out_dir: str | Path, n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> Path:
+def write_cifar100(
+    out_dir: str | Path, n_train: int = 5000, n_test: int = 1000, seed: int = 0, overwrite: bool = False
+) -> Path:
     """Write ``out_dir/cifar-100-python/{train,test,meta}`` like the official (Python 2) pickles."""
     if n_train < 0 or n_test < 0:
         raise UsageError("n_train and n_test must be >= 0")
+    with building(out_dir, ("cifar-100-python",), overwrite) as stage:
+        _write_cifar100(stage / "cifar-100-python", n_train, n_test, seed)
+    return Path(out_dir) / "cifar-100-python"
+
+
+def _write_cifar100(folder: Path, n_train: int, n_test: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    folder = Path(out_dir) / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
     fine_names = class_names(CIFAR_FACTORS)
     coarse_names = [f"group_{i:02d}" for i in range(20)]
@@ -188,7 +217,6 @@ def write_cifar100(out_dir: str | Path, n_train: int = 5000, n_test: int = 1000,
         }
         dump_py2_pickle(payload, folder / split)
     dump_py2_pickle({"fine_label_names": fine_names, "coarse_label_names": coarse_names}, folder / "meta")
-    return folder
 
 
 def write_imagenet32(
@@ -198,16 +226,27 @@ def write_imagenet32(
     n_val: int = 1000,
     seed: int = 0,
     fmt: str = "pickle",
+    overwrite: bool = False,
 ) -> Path:
     """Write ImageNet32-format batches (labels 1..1000, ``mean`` in training batches)."""
     if fmt not in ("pickle", "npz"):
         raise UsageError(f"fmt must be 'pickle' or 'npz', got {fmt!r}")
     if not 1 <= n_batches <= 10:
         raise UsageError(f"n_batches must be 1..10, got {n_batches}")
-    rng = np.random.default_rng(seed)
-    out = Path(out_dir)
+    if per_batch < 1 or n_val < 1:
+        raise UsageError(f"per_batch and n_val must be >= 1, got {per_batch} and {n_val}")
     suffix = "_npz" if fmt == "npz" else ""
-    train_dir, val_dir = out / f"Imagenet32_train{suffix}", out / f"Imagenet32_val{suffix}"
+    names = (f"Imagenet32_train{suffix}", f"Imagenet32_val{suffix}")
+    with building(out_dir, names, overwrite) as stage:
+        _write_imagenet32(stage, names, n_batches, per_batch, n_val, seed, fmt)
+    return Path(out_dir)
+
+
+def _write_imagenet32(
+    out: Path, names: tuple[str, str], n_batches: int, per_batch: int, n_val: int, seed: int, fmt: str
+) -> None:
+    rng = np.random.default_rng(seed)
+    train_dir, val_dir = out / names[0], out / names[1]
     train_dir.mkdir(parents=True, exist_ok=True)
     val_dir.mkdir(parents=True, exist_ok=True)
     batches = []
@@ -229,7 +268,6 @@ def write_imagenet32(
     for i, (data, labels) in enumerate(batches, start=1):
         dump(train_dir / f"train_data_batch_{i}", {"data": data, "labels": labels, "mean": mean})
     dump(val_dir / "val_data", {"data": val[0], "labels": val[1]})
-    return out
 
 
 # --------------------------------------------------------------------------- TinyPerson-like detection
@@ -459,28 +497,31 @@ def _render_scene(rng: np.random.Generator, w: int, h: int, n_persons: int, dens
         person(float(s), uncertain=bool(rng.random() < 0.05))
     if not dense and rng.random() < 0.5:  # a crowd too packed to label one by one -> one ignore region
         cw, ch = rng.uniform(60, 140), rng.uniform(40, 90)
-        cx, cy = rng.uniform(0, w - cw), rng.uniform(0.1 * h, h - ch)
-        for _ in range(int(rng.integers(6, 14))):
-            s = float(rng.uniform(6, 12))
-            aspect = rng.uniform(2.0, 3.0)
-            bw, bh = s / math.sqrt(aspect), s * math.sqrt(aspect)
-            px, py = rng.uniform(cx, cx + cw - bw), rng.uniform(cy, cy + ch - bh)
-            _paint(img, px, py, bw, bh, _person_layers(rng, False))
-        placed.append((cx, cy, cw, ch))
-        anns.append(
-            {
-                "bbox": [round(cx, 2), round(cy, 2), round(cw, 2), round(ch, 2)],
-                "category_id": 1,
-                "iscrowd": 0,
-                "ignore": True,
-                "uncertain": False,
-                "logo": False,
-                "in_dense_image": dense,
-            }
-        )
+        if cw < w and ch < 0.9 * h:  # small images (--max-size near 64) may have no room for one
+            cx, cy = rng.uniform(0, w - cw), rng.uniform(0.1 * h, h - ch)
+            for _ in range(int(rng.integers(6, 14))):
+                s = float(rng.uniform(6, 12))
+                aspect = rng.uniform(2.0, 3.0)
+                bw, bh = s / math.sqrt(aspect), s * math.sqrt(aspect)
+                px, py = rng.uniform(cx, cx + cw - bw), rng.uniform(cy, cy + ch - bh)
+                _paint(img, px, py, bw, bh, _person_layers(rng, False))
+            placed.append((cx, cy, cw, ch))
+            anns.append(
+                {
+                    "bbox": [round(cx, 2), round(cy, 2), round(cw, 2), round(ch, 2)],
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "ignore": True,
+                    "uncertain": False,
+                    "logo": False,
+                    "in_dense_image": dense,
+                }
+            )
     n_distract = int(max(n_persons, 10) * rng.uniform(0.8, 1.5))
     for s in sample_person_sizes(rng, n_distract):
         s = float(s)
+        if 3 * s >= w or 2 * s >= 0.92 * h:
+            continue  # does not fit this (small) image
         x, y = rng.uniform(0, w - 3 * s), rng.uniform(0.08 * h, h - 2 * s)
         if x < 0 or y < 0 or _overlaps((x, y, 3 * s, 2 * s), placed):
             continue
@@ -499,6 +540,7 @@ def write_tinyperson(
     dense: bool = True,
     image_format: str = "jpg",
     corner: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a TinyPerson-like ``out_dir/tiny_set`` tree; ``min_size``/``max_size`` bound the image width.
 
@@ -508,18 +550,29 @@ def write_tinyperson(
     (each test image as 4 overlapping sub-images). With ``dense`` the first image of each split is dense
     (~4x the persons, every annotation ``in_dense_image``). Returns the written paths and size stats.
     """
-    from PIL import Image
-
-    from bhsearch.data.tiling import split_targets, tile_windows
-
     if image_format not in ("jpg", "png"):
         raise UsageError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     if not 64 <= min_size <= max_size:
         raise UsageError(f"need 64 <= min_size <= max_size, got {min_size}, {max_size}")
     if n_train < 0 or n_test < 0 or persons[0] < 0 or persons[1] < persons[0]:
         raise UsageError("image and person counts must be non-negative and persons given as (min, max)")
+    final = Path(out_dir) / "tiny_set"
+    with building(out_dir, ("tiny_set",), overwrite) as stage:
+        written = _write_tinyperson(
+            stage / "tiny_set", n_train, n_test, seed, min_size, max_size, persons, dense, image_format, corner
+        )
+    staged = str(stage / "tiny_set")
+    return {k: v.replace(staged, str(final), 1) if isinstance(v, str) else v for k, v in written.items()}
+
+
+def _write_tinyperson(
+    root: Path, n_train, n_test, seed, min_size, max_size, persons, dense, image_format, corner
+) -> dict[str, Any]:
+    from PIL import Image
+
+    from bhsearch.data.tiling import split_targets, tile_windows
+
     rng = np.random.default_rng(seed)
-    root = Path(out_dir) / "tiny_set"
     (root / "annotations" / "task").mkdir(parents=True, exist_ok=True)
     raw_categories = [
         {"id": 1, "name": "sea_person", "supercategory": "person"},
@@ -591,7 +644,8 @@ def _write_corner(task: dict[str, Any], root: Path, split_targets, tile_windows)
             [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in boxes],
             np.float64,
         ).reshape(-1, 4)
-        for win in tile_windows(w, h, ((w + 1) // 2 + 25, (h + 1) // 2 + 25), 50):
+        tile = ((w + 1) // 2 + 25, (h + 1) // 2 + 25)
+        for win in tile_windows(w, h, tile, min(50, tile[0] - 1, tile[1] - 1)):  # 50 unless the image is tiny
             sub_id = len(images)
             images.append(
                 {

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from bhsearch.errors import DataError, TrainingError, UsageError
+from bhsearch.fileio import atomic_write, atomic_write_text  # noqa: F401  (re-exported: loop.atomic_write_text)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
@@ -268,26 +269,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 # --------------------------------------------------------------------------- files and checkpoints
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` then rename ``tmp`` onto ``path`` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
