@@ -33,6 +33,7 @@ the ``"detector"`` key (``save_spec(spec, path, detector=detector_settings(model
 from __future__ import annotations
 
 import inspect
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,6 +149,21 @@ def _jsonable(value: Any) -> Any:
     raise UsageError(f"detector setting {value!r} ({type(value).__name__}) cannot be stored in spec.json")
 
 
+def _check_option(detector: str, key: str, value: Any, default: Any) -> None:
+    """A torchvision option must have its default's type (``True`` is no number, ``"abc"`` no float)."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        kind = "a finite number"
+    else:
+        return
+    if not ok:
+        raise UsageError(f"detector option {key} of {detector} must be {kind} (default {default!r}), got {value!r}")
+
+
 def build_detector(
     spec: Spec | str,
     detector: str = "faster_rcnn",
@@ -209,6 +225,9 @@ def build_detector(
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise UsageError(f"bad option for {detector}: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in kwargs.items():
+        _check_option(detector, key, value, params[key].default)
     options = {**_DEFAULTS[detector], **kwargs}
     common = {
         "min_size": min(width, height),

@@ -37,7 +37,18 @@ from typing import Any
 
 from bhsearch.cost import count
 from bhsearch.errors import InfeasibleError, UsageError
-from bhsearch.spec import NAMED_SPECS, HRNetSpec, HRStage, ResNetSpec, Spec, get_spec, parse_input_size, spec_name
+from bhsearch.spec import (
+    MAX_BLOCKS,
+    MAX_WIDTH,
+    NAMED_SPECS,
+    HRNetSpec,
+    HRStage,
+    ResNetSpec,
+    Spec,
+    get_spec,
+    parse_input_size,
+    spec_name,
+)
 
 MATCH_KEYS = ("flops", "macs", "activations", "latency")
 SORT_KEYS = ("error", "bh", "params", "activations", "flops", "macs", "latency", "memory")
@@ -93,19 +104,19 @@ def _space_error(path: Path | None, field_name: str, msg: str) -> UsageError:
     return UsageError(f"{where}field {field_name!r}: {msg}")
 
 
-def _int(value: Any, path: Path | None, name: str, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise _space_error(path, name, f"expected an integer >= {lo}, got {value!r}")
+def _int(value: Any, path: Path | None, name: str, lo: int = 1, hi: int = MAX_WIDTH) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _space_error(path, name, f"expected an integer from {lo} to {hi}, got {value!r}")
     return value
 
 
 def _range(value: Any, path: Path | None, name: str) -> list[int]:
     """``[min, max]`` (inclusive), a single integer, or an explicit list of 3+ integers."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return [_int(value, path, name)]
+        return [_int(value, path, name, hi=MAX_BLOCKS)]
     if not isinstance(value, list) or not value:
         raise _space_error(path, name, f"expected [min, max] or an integer, got {value!r}")
-    vals = [_int(v, path, name) for v in value]
+    vals = [_int(v, path, name, hi=MAX_BLOCKS) for v in value]
     if len(vals) == 2:
         if vals[0] > vals[1]:
             raise _space_error(path, name, f"min {vals[0]} is larger than max {vals[1]}")

@@ -35,11 +35,16 @@ def _option(text: str):
     import yaml
 
     from bhsearch.errors import UsageError
+    from bhsearch.safeload import load_yaml
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"--detector-option must be KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), load_yaml(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"--detector-option {key.strip()}: malformed value: {problem}") from None
 
 
 def register(subparsers) -> None:
