@@ -76,6 +76,10 @@ def test_synth_classification_sets(tmp_path):
         (("stats", "tinyperson:/definitely/not/here"), "does not exist"),
         (("tiles", "cifar100:/tmp"), "needs a detection dataset"),
         (("synth-tinyperson", "/tmp/never", "--min-size", "10"), "min_size"),
+        (
+            ("tiles", "tinyperson:/tmp", "--tile", "32x32", "--overlap", "31"),
+            "tile overlap must be an integer from 0 to 16 (half the tile 32x32), got 31",
+        ),
     ],
 )
 def test_errors_exit_2_one_line(args, message):

@@ -205,9 +205,11 @@ def run(args) -> int:
         _print(_stats(args.ref), args.json, f"dataset {args.ref}")
     elif cmd == "tiles":
         from bhsearch.data import registry
+        from bhsearch.data.tiling import check_overlap
         from bhsearch.spec import parse_input_size
 
         tile = parse_input_size(args.tile)
+        check_overlap(tile, args.overlap)
         kind, _ = registry.parse_ref(args.ref)
         if kind not in registry.DETECTION_KINDS:
             raise UsageError(

@@ -645,7 +645,7 @@ def _write_corner(task: dict[str, Any], root: Path, split_targets, tile_windows)
             np.float64,
         ).reshape(-1, 4)
         tile = ((w + 1) // 2 + 25, (h + 1) // 2 + 25)
-        for win in tile_windows(w, h, tile, min(50, tile[0] - 1, tile[1] - 1)):  # 50 unless the image is tiny
+        for win in tile_windows(w, h, tile, min(50, min(tile) // 2)):  # 50 unless the image is tiny
             sub_id = len(images)
             images.append(
                 {

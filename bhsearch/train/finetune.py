@@ -115,8 +115,9 @@ class FinetuneConfig:
             raise UsageError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if len(self.tile) != 2 or min(self.tile) < 32:
             raise UsageError(f"tile must be (width, height) of at least 32 px, got {self.tile}")
-        if not 0 <= self.overlap < min(self.tile):
-            raise UsageError(f"overlap must be in [0, {min(self.tile)}), got {self.overlap}")
+        from bhsearch.data.tiling import check_overlap
+
+        check_overlap(self.tile, self.overlap)
         if self.width_mult <= 0:
             raise UsageError(f"width_mult must be positive, got {self.width_mult}")
         if self.eval_every < 0 or self.num_workers < 0 or self.warmup_steps < 0:
