@@ -47,7 +47,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from bhsearch.errors import UsageError
-from bhsearch.fileio import atomic_write
+from bhsearch.fileio import atomic_write, require_file
 from bhsearch.spec import Spec, get_spec, parse_input_size
 
 DETECTORS = ("faster_rcnn", "retinanet", "fcos")
@@ -164,6 +164,20 @@ def _check_option(detector: str, key: str, value: Any, default: Any) -> None:
         raise UsageError(f"detector option {key} of {detector} must be {kind} (default {default!r}), got {value!r}")
 
 
+def check_detector_options(detector: str, kwargs: dict[str, Any]) -> None:
+    """Refuse unknown torchvision options and values of the wrong type (before any data is read)."""
+    if detector not in DETECTORS:
+        raise UsageError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    cls = {"faster_rcnn": FasterRCNN, "retinanet": RetinaNet, "fcos": FCOS}[detector]
+    params = inspect.signature(cls.__init__).parameters
+    allowed = set(params) - _RESERVED
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise UsageError(f"bad option for {detector}: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+    for key, value in kwargs.items():
+        _check_option(detector, key, value, params[key].default)
+
+
 def build_detector(
     spec: Spec | str,
     detector: str = "faster_rcnn",
@@ -220,14 +234,8 @@ def build_detector(
     sizes = _anchor_sizes(detector, fpn.num_levels, fpn.out_strides, anchor_sizes)
     anchors = AnchorGenerator(sizes, (ratios,) * len(sizes))
 
+    check_detector_options(detector, kwargs)
     cls = {"faster_rcnn": FasterRCNN, "retinanet": RetinaNet, "fcos": FCOS}[detector]
-    allowed = set(inspect.signature(cls.__init__).parameters) - _RESERVED
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise UsageError(f"bad option for {detector}: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
-    params = inspect.signature(cls.__init__).parameters
-    for key, value in kwargs.items():
-        _check_option(detector, key, value, params[key].default)
     options = {**_DEFAULTS[detector], **kwargs}
     common = {
         "min_size": min(width, height),
@@ -290,9 +298,7 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such weights file")
+    path = require_file(path, "{path}: no such weights file")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -347,6 +353,7 @@ __all__ = [
     "FPNBackbone",
     "NativeSizeTransform",
     "build_detector",
+    "check_detector_options",
     "detector_settings",
     "load_state",
     "load_weights",

@@ -191,6 +191,19 @@ def check_writable(path: str | Path, what: str = "output", is_dir: bool = True) 
     return path
 
 
+def require_file(path: str | Path, missing: str, error: type[Exception] | None = None) -> Path:
+    """``path`` as a ``Path`` if it is a file; else ``error`` (default ``UsageError``): ``missing``
+    (e.g. ``"{path}: no such weights file"``) or, for a folder, that a file was expected."""
+    from bhsearch.errors import UsageError
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise (error or UsageError)(f"{path}: is a directory, expected a file")
+    raise (error or UsageError)(missing.format(path=path))
+
+
 __all__ = [
     "atomic_dir",
     "atomic_entries",
@@ -201,4 +214,5 @@ __all__ = [
     "atomic_write_text",
     "check_writable",
     "default_file_mode",
+    "require_file",
 ]

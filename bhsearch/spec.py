@@ -32,6 +32,7 @@ EXPANSION = {"basic": 1, "bottleneck": 4}
 MAX_STAGES = 16
 MAX_BLOCKS = 1000  # blocks per stage / branch, HRNet modules per stage
 MAX_WIDTH = 65536  # channels
+MAX_INPUT_SIDE = 16384  # pixels, for WIDTHxHEIGHT sizes
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -563,9 +564,13 @@ def parse_input_size(text: str | tuple[int, int] | int) -> tuple[int, int]:
     m = _SIZE.match(str(text))
     if not m:
         raise UsageError(f"input size must be WIDTHxHEIGHT, e.g. 640x512; got {text!r}")
+    if len(m[1]) > 6 or len(m[2]) > 6:
+        raise UsageError(f"input size must be at most {MAX_INPUT_SIDE} px a side, got {str(text)[:40]!r}")
     w, h = int(m[1]), int(m[2])
     if w <= 0 or h <= 0:
         raise UsageError(f"input size must be positive, got {text!r}")
+    if max(w, h) > MAX_INPUT_SIDE:
+        raise UsageError(f"input size must be at most {MAX_INPUT_SIDE} px a side, got {w}x{h}")
     return w, h
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 ORDER = 50
 
@@ -58,7 +59,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from bhsearch.errors import UsageError
+    from bhsearch.errors import DataError, UsageError
+
+    if args.benchmark == "tinyperson":  # both are JSON files; a folder would be reported as missing
+        for flag, value in (("--gt", args.gt), ("--dets", args.dets)):
+            if Path(value).is_dir():
+                raise DataError(f"{flag} {value}: is a directory, expected a COCO JSON file")
 
     if args.benchmark == "widerface":
         try:

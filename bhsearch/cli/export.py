@@ -94,7 +94,9 @@ def run(args) -> int:
     import json
 
     from bhsearch.export import export
+    from bhsearch.fileio import check_writable
 
+    check_writable(args.out, "--out")  # before the model is built
     options = {}
     if args.norm:
         options["norm"] = args.norm

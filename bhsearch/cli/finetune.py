@@ -102,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         names["tile_size"] = "tile"
     if args.detector_option:
         args.detector_kwargs = dict(_option(text) for text in args.detector_option)
+        from bhsearch.detectors import check_detector_options
+
+        check_detector_options(args.detector or "faster_rcnn", args.detector_kwargs)
         names["detector_kwargs"] = "detector_kwargs"
     config = build_config(FinetuneConfig, args, names)
     try:

@@ -202,7 +202,7 @@ def write_csv(result, target: str) -> None:
         writer.writeheader()
         writer.writerows(rows)
         return
-    from bhsearch.fileio import atomic_write, check_writable
+    from bhsearch.fileio import atomic_write
 
     def write(tmp) -> None:
         with open(tmp, "w", newline="") as fh:
@@ -210,7 +210,6 @@ def write_csv(result, target: str) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    check_writable(target, "--csv", is_dir=False)
     try:
         atomic_write(target, write)
     except OSError as exc:
@@ -291,6 +290,10 @@ def print_table(result, console) -> None:
 def run(args) -> int:
     import json
 
+    if args.csv and args.csv != "-":
+        from bhsearch.fileio import check_writable
+
+        check_writable(args.csv, "--csv", is_dir=False)  # before solving
     result = solve_from_args(args)
     if args.csv:
         write_csv(result, args.csv)

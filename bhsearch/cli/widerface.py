@@ -174,8 +174,10 @@ def _stats(args) -> int:
 
 
 def _train(args) -> int:
+    from bhsearch.fileio import check_writable
     from bhsearch.train.finetune_widerface import WiderFaceConfig, run_finetune_widerface
 
+    check_writable(args.out, "--out")
     config = WiderFaceConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -214,9 +216,11 @@ def _predict(args) -> int:
 
     from bhsearch.data.widerface import WiderFaceDataset
     from bhsearch.evaluation.widerface import predictions_to_coco, write_prediction_folder
+    from bhsearch.fileio import check_writable
     from bhsearch.train import loop
     from bhsearch.train.finetune_widerface import load_face_model, predict_widerface
 
+    check_writable(args.out, "--out", is_dir=args.format == "text")
     device = loop.select_device(args.device)
     model, _ = load_face_model(args.run_dir, device)
     dataset = WiderFaceDataset(args.data, "val")

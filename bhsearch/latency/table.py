@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bhsearch.errors import UsageError
-from bhsearch.fileio import atomic_write_text
+from bhsearch.fileio import atomic_write_text, require_file
 from bhsearch.latency.units import network_units
 from bhsearch.spec import Spec, get_spec, parse_input_size
 
@@ -148,9 +148,7 @@ class LatencyTable:
 def load_table(path: str | Path, allow_mismatch: bool = False, **expected: Any) -> LatencyTable:
     """Read a latency table; with ``expected`` settings (``device=``, ``dtype=``, ``batch_size=`` …,
     see ``MATCH_KEYS``) refuse one measured otherwise unless ``allow_mismatch``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such latency table (create one with `bhsearch profile`)")
+    path = require_file(path, "{path}: no such latency table (create one with `bhsearch profile`)")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:

@@ -143,9 +143,11 @@ class FinetuneConfig:
 def read_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """Backbone weights from ``path`` and their kind: ``"pretrain"`` (a bhsearch backbone file) or
     ``"torchvision"`` (an ImageNet classifier ``state_dict``; ``fc.*`` dropped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--init {path}: no such file")
+    from bhsearch.fileio import require_file
+
+    if Path(path).is_dir():
+        raise UsageError(f"--init {path}: is a directory, expected a weights file")
+    path = require_file(path, "--init {path}: no such file")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from bhsearch.errors import DataError, TrainingError, UsageError
-from bhsearch.fileio import atomic_write, atomic_write_text  # noqa: F401  (re-exported: loop.atomic_write_text)
+from bhsearch.fileio import atomic_write, atomic_write_text, require_file  # noqa: F401  (re-exported)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
@@ -277,9 +277,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; unreadable files raise DataError naming them."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint")
+    path = require_file(path, "{path}: no such checkpoint", DataError)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
@@ -300,9 +298,7 @@ def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], meta
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such weights file")
+    path = require_file(path, "{path}: no such weights file")
     try:
         return load_file(str(path))
     except Exception as exc:

@@ -394,6 +394,8 @@ def load_study(path: str | Path) -> Study:
     from bhsearch.safeload import load_yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, expected a study file")
     if not path.is_file():
         raise UsageError(f"{path}: no such study file")
     try:
