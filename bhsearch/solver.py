@@ -61,9 +61,19 @@ _NMETRICS = 8
 
 
 def spaces_dir() -> Path:
-    """The repository's ``spaces/`` folder (next to the package), else ``./spaces``."""
-    here = Path(__file__).resolve().parent.parent / "spaces"
-    return here if here.is_dir() else Path("spaces")
+    """The packaged design spaces (``bhsearch/resources/spaces``, shipped in the wheel)."""
+    from importlib.resources import files
+
+    return Path(str(files("bhsearch.resources") / "spaces"))
+
+
+def resolve_space_path(path: str | Path) -> Path:
+    """``path`` itself, or, when it does not exist and reads ``.../spaces/NAME.yaml`` with NAME a packaged
+    space, the packaged file: the studies' ``file: spaces/resnet.yaml`` works from any directory."""
+    path = Path(path)
+    if not path.exists() and path.parent.name == "spaces" and (spaces_dir() / path.name).is_file():
+        return spaces_dir() / path.name
+    return path
 
 
 def default_space_path(family: str) -> Path:
@@ -335,7 +345,7 @@ def load_space(path: str | Path | None, base: Spec | str) -> DesignSpace:
     from bhsearch.spec import load_mapping
 
     base = get_spec(base)
-    path = Path(path) if path is not None else default_space_path(base.family)
+    path = resolve_space_path(path) if path is not None else default_space_path(base.family)
     data = load_mapping(path)
     family = data.get("family")
     if family not in _FAMILIES:
@@ -943,6 +953,7 @@ __all__ = [
     "SolveResult",
     "csv_rows",
     "default_space_path",
+    "resolve_space_path",
     "load_space",
     "solve",
 ]

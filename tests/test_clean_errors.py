@@ -26,8 +26,15 @@ def _writers(out: Path, data: Path, study: Path):
     return {
         "pretrain": ("pretrain", "--spec", "resnet18", "--data", f"synthetic-cifar100:{data}", "--out", out / "run"),
         "finetune": ("finetune", "--spec", "resnet18", "--data", f"synthetic-tinyperson:{data}", "--out", out / "run"),
-        "widerface train": ("widerface", "train", "resnet18", "--data", f"synthetic-widerface:{data}",
-                            "--out", out / "run"),
+        "widerface train": (
+            "widerface",
+            "train",
+            "resnet18",
+            "--data",
+            f"synthetic-widerface:{data}",
+            "--out",
+            out / "run",
+        ),
         "widerface synth": ("widerface", "synth", out / "wf"),
         "data synth-tinyperson": ("data", "synth-tinyperson", out / "tp"),
         "data synth-cifar100": ("data", "synth-cifar100", out / "c"),
@@ -50,24 +57,67 @@ def test_read_only_output_is_refused_up_front(name, readonly_dir, tmp_path):
 
 def test_output_that_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
-    _one_line(_run("export", "resnet18", "--to", "torchvision", "--out", tmp_path / "file"), "exists and is not a directory")
+    _one_line(
+        _run("export", "resnet18", "--to", "torchvision", "--out", tmp_path / "file"), "exists and is not a directory"
+    )
     _one_line(_run("solve", "--csv", tmp_path), "is a directory, expected a file")
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("pretrain", "--spec", "resnet18", "--width-mult", "nan", "--data", "synthetic-cifar100:{d}", "--out", "{o}"),
-         "width_mult must be a finite number, got nan"),
-        (("finetune", "--spec", "resnet18", "--data", "synthetic-tinyperson:{d}", "--out", "{o}",
-          "--detector-option", "box_batch_size_per_image=abc"),
-         "detector option box_batch_size_per_image of faster_rcnn must be an integer (default 512), got 'abc'"),
-        (("finetune", "--spec", "resnet18", "--data", "synthetic-tinyperson:{d}", "--out", "{o}",
-          "--tile", "32x32", "--overlap", "31"), "tile overlap must be an integer from 0 to 16"),
-        (("export", "resnet18", "--to", "onnx", "--input", "10000x10000", "--out", "{o}"),
-         "export input must be at most 4096 px a side, got 10000x10000"),
-        (("export", "resnet18", "--to", "onnx", "--input", "99999999999999x9", "--out", "{o}"),
-         "input size must be at most 16384 px a side"),
+        (
+            (
+                "pretrain",
+                "--spec",
+                "resnet18",
+                "--width-mult",
+                "nan",
+                "--data",
+                "synthetic-cifar100:{d}",
+                "--out",
+                "{o}",
+            ),
+            "width_mult must be a finite number, got nan",
+        ),
+        (
+            (
+                "finetune",
+                "--spec",
+                "resnet18",
+                "--data",
+                "synthetic-tinyperson:{d}",
+                "--out",
+                "{o}",
+                "--detector-option",
+                "box_batch_size_per_image=abc",
+            ),
+            "detector option box_batch_size_per_image of faster_rcnn must be an integer (default 512), got 'abc'",
+        ),
+        (
+            (
+                "finetune",
+                "--spec",
+                "resnet18",
+                "--data",
+                "synthetic-tinyperson:{d}",
+                "--out",
+                "{o}",
+                "--tile",
+                "32x32",
+                "--overlap",
+                "31",
+            ),
+            "tile overlap must be an integer from 0 to 16",
+        ),
+        (
+            ("export", "resnet18", "--to", "onnx", "--input", "10000x10000", "--out", "{o}"),
+            "export input must be at most 4096 px a side, got 10000x10000",
+        ),
+        (
+            ("export", "resnet18", "--to", "onnx", "--input", "99999999999999x9", "--out", "{o}"),
+            "input size must be at most 16384 px a side",
+        ),
         (("solve", "--space", "{t}"), "is a directory, expected a JSON or YAML file"),
         (("evaluate", "--gt", "{t}", "--dets", "{t}"), "--gt {t}: is a directory, expected a COCO JSON file"),
         (("tune", "{t}"), "is a directory, expected a study file"),

@@ -396,3 +396,27 @@ def test_failed_export_into_an_existing_folder_keeps_the_old_set(finetune_dir, t
     assert {p.name: p.read_text() for p in out.iterdir()} == {
         n: f"old {n}" for n in ("README.md", "spec.json", "weights.safetensors")
     }
+
+
+def test_detections_are_compared_as_sets():
+    from bhsearch.export.onnx import compare_detections
+
+    ref = {
+        "boxes": torch.tensor([[10.0, 10, 20, 30], [50, 40, 60, 70], [5, 5, 9, 9]]),
+        "scores": torch.tensor([0.9, 0.80001, 0.8]),
+        "labels": torch.tensor([1, 1, 1]),
+    }
+    swapped = [0, 2, 1]  # the two near-equal scores change places in the other runtime
+    got = {
+        "boxes": ref["boxes"][swapped] + 3e-5,
+        "scores": torch.tensor([0.9, 0.80002, 0.80001])[[0, 1, 2]],
+        "labels": ref["labels"][swapped],
+    }
+    result = compare_detections(ref, got)
+    assert result["boxes_max_abs_error"] == pytest.approx(3e-5, abs=1e-5)
+    assert result["scores_max_abs_error"] == pytest.approx(2e-5, abs=1e-6) and result["labels_equal"]
+    moved = dict(got, boxes=got["boxes"].clone())
+    moved["boxes"][2, 0] += 4.0  # a real difference still shows
+    assert compare_detections(ref, moved)["boxes_max_abs_error"] == pytest.approx(4.0, abs=1e-4)
+    other = dict(got, labels=torch.tensor([1, 2, 1]))
+    assert compare_detections(ref, other)["labels_equal"] is False
