@@ -420,3 +420,22 @@ def test_detections_are_compared_as_sets():
     assert compare_detections(ref, moved)["boxes_max_abs_error"] == pytest.approx(4.0, abs=1e-4)
     other = dict(got, labels=torch.tensor([1, 2, 1]))
     assert compare_detections(ref, other)["labels_equal"] is False
+
+
+def test_mmdet_export_of_a_groupnorm_run(tmp_path):
+    """A run trained from scratch uses GroupNorm: its weights must load, and the config says gn."""
+    from mmengine.config import Config
+
+    torch.manual_seed(4)
+    run = tmp_path / "gn-run"
+    model = tv_build_detector(SPEC, "faster_rcnn", norm="gn", **SMALL).eval()
+    save_spec(SPEC, run / "spec.json", detector=detector_settings(model))
+    save_weights(model, run / "model.safetensors")
+    result = export(run, "mmdet", tmp_path / "mm")
+    cfg = Config.fromfile(str(tmp_path / "mm" / result.report["config"]))
+    assert cfg.model.backbone.norm == "gn" and cfg.model.backbone.norm_eval is False
+    from bhsearch.export import mmdet_plugin
+
+    backbone = mmdet_plugin.MODELS.build(cfg.model.backbone).eval()
+    for name, tensor in model.backbone.body.state_dict().items():
+        assert torch.equal(backbone.body.state_dict()[name], tensor), name

@@ -475,7 +475,7 @@ def export(
     with staged_output(out) as tmp:
         if source.weights is not None:
             weights_file = f"{stem}_backbone.safetensors"
-            trunk = build_backbone(source.spec, norm="bn")
+            trunk = build_backbone(source.spec, norm="gn" if kwargs.get("norm") == "gn" else "bn")  # as trained
             load_state(trunk, backbone_state(read_safetensors(source.weights)), str(source.weights))
             save_weights(trunk, tmp / weights_file)
             files.append(weights_file)
