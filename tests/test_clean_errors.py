@@ -119,6 +119,7 @@ def test_output_that_is_a_file(tmp_path):
             "input size must be at most 16384 px a side",
         ),
         (("solve", "--space", "{t}"), "is a directory, expected a JSON or YAML file"),
+        (("export", "resnet18", "--to", "onnx", "--mmdet-version", "2", "--out", "{o}"), "applies to --to mmdet only"),
         (("evaluate", "--gt", "{t}", "--dets", "{t}"), "--gt {t}: is a directory, expected a COCO JSON file"),
         (("tune", "{t}"), "is a directory, expected a study file"),
     ],

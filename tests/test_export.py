@@ -439,3 +439,41 @@ def test_mmdet_export_of_a_groupnorm_run(tmp_path):
     backbone = mmdet_plugin.MODELS.build(cfg.model.backbone).eval()
     for name, tensor in model.backbone.body.state_dict().items():
         assert torch.equal(backbone.body.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn"])
+def test_mmdet2_config_parses_and_builds_backbone(norm, tmp_path):
+    """``--mmdet-version 2``: an MMDetection 2.x python config (checked with mmengine's parser)."""
+    from mmengine.config import Config
+
+    from bhsearch.export import mmdet_plugin
+
+    torch.manual_seed(5)
+    run = tmp_path / "run"
+    model = tv_build_detector(SPEC, "faster_rcnn", norm=norm, **SMALL).eval()
+    save_spec(SPEC, run / "spec.json", detector=detector_settings(model))
+    save_weights(model, run / "model.safetensors")
+    result = export(run, "mmdet", tmp_path / "mm", mmdet_version=2)
+    assert result.report["mmdet_version"] == 2 and result.report["config"].endswith("_tinyperson_mmdet2.py")
+    text = (tmp_path / "mm" / result.report["config"]).read_text()
+    assert text.startswith("# MMDetection 2.x config") and "data_preprocessor" not in text
+    cfg = Config.fromfile(str(tmp_path / "mm" / result.report["config"]))
+    assert cfg.custom_imports == {"imports": ["bhsearch.export.mmdet_plugin"], "allow_failed_imports": False}
+    assert cfg.model.type == "FasterRCNN" and cfg.model.neck.type == "FPN"
+    backbone = cfg.model.backbone
+    assert backbone.type == "BHSearchBackbone" and backbone.spec == SPEC.id and backbone.init_cfg is None
+    expected = {"type": "GN", "num_groups": 32, "requires_grad": True} if norm == "gn" else {"type": "BN", "requires_grad": True}
+    assert backbone.norm_cfg == expected and "norm" not in backbone
+    assert cfg.model.train_cfg.rpn.assigner.type == "MaxIoUAssigner" and "rcnn" in cfg.model.test_cfg
+    assert cfg.model.neck.in_channels == list(SPEC.out_channels)
+    assert cfg.data.samples_per_gpu == 2 and cfg.data.train.img_prefix == "data/tiny_set/train/"
+    assert cfg.data.test.ann_file == "data/tiny_set/annotations/task/tiny_set_test_all.json"
+    assert cfg.data.train.pipeline[2] == {"type": "RandomCrop", "crop_size": (96, 128), "allow_negative_crop": True}
+    assert cfg.data.train.pipeline[4].type == "Normalize" and cfg.data.train.pipeline[4].to_rgb is True
+    assert cfg.lr_config.step == [8, 11] and cfg.runner == {"type": "EpochBasedRunner", "max_epochs": 12}
+    assert cfg.optimizer.lr == 0.01
+    built = mmdet_plugin.MODELS.build(dict(backbone)).eval()
+    for name, tensor in model.backbone.body.state_dict().items():
+        assert torch.equal(built.body.state_dict()[name], tensor), name
+    with torch.no_grad():
+        assert [f.shape[1] for f in built(_image(2)[None])] == cfg.model.neck.in_channels
