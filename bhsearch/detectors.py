@@ -33,8 +33,7 @@ the ``"detector"`` key (``save_spec(spec, path, detector=detector_settings(model
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +47,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from bhsearch.errors import UsageError
+from bhsearch.fileio import atomic_write, require_file
 from bhsearch.spec import Spec, get_spec, parse_input_size
 
 DETECTORS = ("faster_rcnn", "retinanet", "fcos")
@@ -149,6 +149,35 @@ def _jsonable(value: Any) -> Any:
     raise UsageError(f"detector setting {value!r} ({type(value).__name__}) cannot be stored in spec.json")
 
 
+def _check_option(detector: str, key: str, value: Any, default: Any) -> None:
+    """A torchvision option must have its default's type (``True`` is no number, ``"abc"`` no float)."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        kind = "a finite number"
+    else:
+        return
+    if not ok:
+        raise UsageError(f"detector option {key} of {detector} must be {kind} (default {default!r}), got {value!r}")
+
+
+def check_detector_options(detector: str, kwargs: dict[str, Any]) -> None:
+    """Refuse unknown torchvision options and values of the wrong type (before any data is read)."""
+    if detector not in DETECTORS:
+        raise UsageError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    cls = {"faster_rcnn": FasterRCNN, "retinanet": RetinaNet, "fcos": FCOS}[detector]
+    params = inspect.signature(cls.__init__).parameters
+    allowed = set(params) - _RESERVED
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise UsageError(f"bad option for {detector}: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+    for key, value in kwargs.items():
+        _check_option(detector, key, value, params[key].default)
+
+
 def build_detector(
     spec: Spec | str,
     detector: str = "faster_rcnn",
@@ -205,11 +234,8 @@ def build_detector(
     sizes = _anchor_sizes(detector, fpn.num_levels, fpn.out_strides, anchor_sizes)
     anchors = AnchorGenerator(sizes, (ratios,) * len(sizes))
 
+    check_detector_options(detector, kwargs)
     cls = {"faster_rcnn": FasterRCNN, "retinanet": RetinaNet, "fcos": FCOS}[detector]
-    allowed = set(inspect.signature(cls.__init__).parameters) - _RESERVED
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise UsageError(f"bad option for {detector}: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
     options = {**_DEFAULTS[detector], **kwargs}
     common = {
         "min_size": min(width, height),
@@ -272,9 +298,7 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such weights file")
+    path = require_file(path, "{path}: no such weights file")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -317,24 +341,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
-    """Write ``model.state_dict()`` to a safetensors file atomically (temp file + rename)."""
+    """Write ``model.state_dict()`` to a safetensors file atomically (``bhsearch.fileio``, mode 0644)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 __all__ = [
@@ -342,6 +353,7 @@ __all__ = [
     "FPNBackbone",
     "NativeSizeTransform",
     "build_detector",
+    "check_detector_options",
     "detector_settings",
     "load_state",
     "load_weights",

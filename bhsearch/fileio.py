@@ -91,9 +91,7 @@ def atomic_dir(path: str | Path, replace: bool = True) -> Iterator[Path]:
     old = None
     try:
         yield tmp
-        for item in tmp.rglob("*"):
-            if item.is_file() and not item.is_symlink():
-                os.chmod(item, default_file_mode())
+        _fix_modes(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
             os.replace(path, old / "set")
@@ -108,12 +106,113 @@ def atomic_dir(path: str | Path, replace: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _fix_modes(folder: Path) -> None:
+    for item in folder.rglob("*"):
+        if item.is_symlink():
+            continue
+        os.chmod(item, (0o777 & ~_umask()) if item.is_dir() else default_file_mode())
+
+
+@contextmanager
+def atomic_entries(path: str | Path, replace: bool = True, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a staging folder; on success its top-level entries replace those names in ``path`` as one set.
+
+    Other entries of ``path`` are kept (an export folder holds several targets' files). A new ``path``
+    appears in one rename (staged beside it); into an existing folder the staging folder lives *inside*
+    ``path``, so no rename ever crosses out of it (a mount point). Existing entries are moved aside first;
+    if anything fails, the new entries are taken back out and the old ones restored. With
+    ``replace=False`` a clashing name raises ``FileExistsError`` and nothing changes. Names in ``last``
+    are moved in after all others (put the file readers check for completeness there).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: exists and is not a directory")
+    if not path.exists():
+        with atomic_dir(path, replace=False) as tmp:
+            yield tmp
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=".bhsearch-", suffix=".tmp", dir=path))
+    aside = None
+    moved_in: list[str] = []
+    moved_aside: list[str] = []
+    try:
+        yield tmp
+        _fix_modes(tmp)
+        entries = sorted(tmp.iterdir(), key=lambda p: (p.name in last, last.index(p.name) if p.name in last else 0, p.name))
+        clashes = [e.name for e in entries if (path / e.name).exists() or (path / e.name).is_symlink()]
+        if clashes and not replace:
+            raise FileExistsError(f"{path / clashes[0]}: exists")
+        if clashes:
+            aside = Path(tempfile.mkdtemp(prefix=".bhsearch-", suffix=".old", dir=path))
+        for entry in entries:
+            dst = path / entry.name
+            if entry.name in clashes:
+                os.replace(dst, aside / entry.name)
+                moved_aside.append(entry.name)
+            os.replace(entry, dst)
+            moved_in.append(entry.name)
+    except BaseException:
+        for name in reversed(moved_in):  # take the new set back out, put the old one back
+            os.replace(path / name, tmp / name)
+        for name in moved_aside:
+            os.replace(aside / name, path / name)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+
+
+def check_writable(path: str | Path, what: str = "output", is_dir: bool = True) -> Path:
+    """Raise ``UsageError`` now (before any work) unless ``path`` can be created or written.
+
+    ``path`` is an output folder (``is_dir``) or file that may not exist yet: its nearest existing
+    ancestor must be a folder in which a probe folder can be made (a real probe, so a read-only
+    mount is caught even for root).
+    """
+    from bhsearch.errors import UsageError
+
+    path = Path(path)
+    if path.exists() and is_dir and not path.is_dir():
+        raise UsageError(f"{what} {path}: exists and is not a directory")
+    if path.is_dir() and not is_dir:
+        raise UsageError(f"{what} {path}: is a directory, expected a file")
+    probe_in = path if (is_dir and path.is_dir()) else path.absolute().parent
+    while not probe_in.exists():
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise UsageError(f"{what} {path}: cannot be created ({probe_in} is not a directory)")
+    try:
+        Path(tempfile.mkdtemp(prefix=".bhsearch-probe-", dir=probe_in)).rmdir()
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+def require_file(path: str | Path, missing: str, error: type[Exception] | None = None) -> Path:
+    """``path`` as a ``Path`` if it is a file; else ``error`` (default ``UsageError``): ``missing``
+    (e.g. ``"{path}: no such weights file"``) or, for a folder, that a file was expected."""
+    from bhsearch.errors import UsageError
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise (error or UsageError)(f"{path}: is a directory, expected a file")
+    raise (error or UsageError)(missing.format(path=path))
+
+
 __all__ = [
     "atomic_dir",
+    "atomic_entries",
     "atomic_path",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_writable",
     "default_file_mode",
+    "require_file",
 ]

@@ -104,6 +104,8 @@ def make_plots(df, out_dir: str | Path, target: str) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bhsearch.fileio import atomic_write
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = df[df["status"] == "completed"]
@@ -114,14 +116,14 @@ def make_plots(df, out_dir: str | Path, target: str) -> dict[str, Any]:
     _scatter_pareto(axes[1], done, "activations", target, "conv activations (M elements)", label, scale=1e6)
     fig.suptitle(f"{target} vs cost (red: bottom-heavy, blue: standard-like)")
     fig.tight_layout()
-    fig.savefig(out / "ap_vs_cost.png", dpi=110)
+    atomic_write(out / "ap_vs_cost.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     _scatter_pareto(ax, done, "latency_ms", target, "measured forward latency (ms)", label)
     ax.set_title(f"{target} vs latency")
     fig.tight_layout()
-    fig.savefig(out / "ap_vs_latency.png", dpi=110)
+    atomic_write(out / "ap_vs_latency.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -139,7 +141,7 @@ def make_plots(df, out_dir: str | Path, target: str) -> dict[str, Any]:
         ax.text(0.5, 0.5, "proxy-only study: no final detection metric", ha="center", va="center")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "proxy_vs_final.png", dpi=110)
+    atomic_write(out / "proxy_vs_final.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -156,7 +158,7 @@ def make_plots(df, out_dir: str | Path, target: str) -> dict[str, Any]:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "error_edf.png", dpi=110)
+    atomic_write(out / "error_edf.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return {
         "plots": [str(out / name) for name in PLOTS],

@@ -37,7 +37,18 @@ from typing import Any
 
 from bhsearch.cost import count
 from bhsearch.errors import InfeasibleError, UsageError
-from bhsearch.spec import NAMED_SPECS, HRNetSpec, HRStage, ResNetSpec, Spec, get_spec, parse_input_size, spec_name
+from bhsearch.spec import (
+    MAX_BLOCKS,
+    MAX_WIDTH,
+    NAMED_SPECS,
+    HRNetSpec,
+    HRStage,
+    ResNetSpec,
+    Spec,
+    get_spec,
+    parse_input_size,
+    spec_name,
+)
 
 MATCH_KEYS = ("flops", "macs", "activations", "latency")
 SORT_KEYS = ("error", "bh", "params", "activations", "flops", "macs", "latency", "memory")
@@ -50,9 +61,19 @@ _NMETRICS = 8
 
 
 def spaces_dir() -> Path:
-    """The repository's ``spaces/`` folder (next to the package), else ``./spaces``."""
-    here = Path(__file__).resolve().parent.parent / "spaces"
-    return here if here.is_dir() else Path("spaces")
+    """The packaged design spaces (``bhsearch/resources/spaces``, shipped in the wheel)."""
+    from importlib.resources import files
+
+    return Path(str(files("bhsearch.resources") / "spaces"))
+
+
+def resolve_space_path(path: str | Path) -> Path:
+    """``path`` itself, or, when it does not exist and reads ``.../spaces/NAME.yaml`` with NAME a packaged
+    space, the packaged file: the studies' ``file: spaces/resnet.yaml`` works from any directory."""
+    path = Path(path)
+    if not path.exists() and path.parent.name == "spaces" and (spaces_dir() / path.name).is_file():
+        return spaces_dir() / path.name
+    return path
 
 
 def default_space_path(family: str) -> Path:
@@ -93,19 +114,19 @@ def _space_error(path: Path | None, field_name: str, msg: str) -> UsageError:
     return UsageError(f"{where}field {field_name!r}: {msg}")
 
 
-def _int(value: Any, path: Path | None, name: str, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise _space_error(path, name, f"expected an integer >= {lo}, got {value!r}")
+def _int(value: Any, path: Path | None, name: str, lo: int = 1, hi: int = MAX_WIDTH) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _space_error(path, name, f"expected an integer from {lo} to {hi}, got {value!r}")
     return value
 
 
 def _range(value: Any, path: Path | None, name: str) -> list[int]:
     """``[min, max]`` (inclusive), a single integer, or an explicit list of 3+ integers."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return [_int(value, path, name)]
+        return [_int(value, path, name, hi=MAX_BLOCKS)]
     if not isinstance(value, list) or not value:
         raise _space_error(path, name, f"expected [min, max] or an integer, got {value!r}")
-    vals = [_int(v, path, name) for v in value]
+    vals = [_int(v, path, name, hi=MAX_BLOCKS) for v in value]
     if len(vals) == 2:
         if vals[0] > vals[1]:
             raise _space_error(path, name, f"min {vals[0]} is larger than max {vals[1]}")
@@ -324,7 +345,7 @@ def load_space(path: str | Path | None, base: Spec | str) -> DesignSpace:
     from bhsearch.spec import load_mapping
 
     base = get_spec(base)
-    path = Path(path) if path is not None else default_space_path(base.family)
+    path = resolve_space_path(path) if path is not None else default_space_path(base.family)
     data = load_mapping(path)
     family = data.get("family")
     if family not in _FAMILIES:
@@ -932,6 +953,7 @@ __all__ = [
     "SolveResult",
     "csv_rows",
     "default_space_path",
+    "resolve_space_path",
     "load_space",
     "solve",
 ]

@@ -27,9 +27,30 @@ BLOCK_TYPES = ("basic", "bottleneck")
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
+# Sane caps: far above any real backbone, low enough that cost, solver and builder answer in well
+# under a second for any spec that passes (a 10**20-block stage would otherwise never return).
+MAX_STAGES = 16
+MAX_BLOCKS = 1000  # blocks per stage / branch, HRNet modules per stage
+MAX_WIDTH = 65536  # channels
+MAX_INPUT_SIDE = 16384  # pixels, for WIDTHxHEIGHT sizes
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise UsageError(msg)
+
+
+def _int_field(value: Any, what: str, lo: int, hi: int) -> int:
+    """An integer (``True`` is not one) in ``[lo, hi]``."""
+    _check(isinstance(value, int) and not isinstance(value, bool), f"{what} must be an integer, got {value!r}")
+    _check(lo <= value <= hi, f"{what} must be from {lo} to {hi}, got {value}")
+    return value
+
+
+def _capped(values: tuple[int, ...], what: str, lo: int, hi: int) -> None:
+    _check(len(values) <= MAX_STAGES, f"{what}: at most {MAX_STAGES} entries, got {len(values)}")
+    for v in values:
+        _check(lo <= v <= hi, f"{what} must be from {lo} to {hi}, got {v}")
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -88,8 +109,12 @@ class ResNetSpec:
         )
         _check(all(b >= 1 for b in self.blocks), f"every stage needs at least one block, got {self.blocks}")
         _check(all(w >= 1 for w in self.widths), f"widths must be positive, got {self.widths}")
+        _capped(self.blocks, "resnet blocks per stage", 1, MAX_BLOCKS)
+        _capped(self.widths, "resnet widths", 1, MAX_WIDTH)
         _check(all(s in (1, 2) for s in self.strides), f"stage strides must be 1 or 2, got {self.strides}")
-        _check(self.stem_width >= 2, f"stem_width must be >= 2, got {self.stem_width}")
+        _int_field(self.stem_width, "stem_width", 2, MAX_WIDTH)
+        _int_field(self.stem_kernel, "stem_kernel", 1, 7)
+        _int_field(self.stem_stride, "stem_stride", 1, 2)
         _check(self.stem_kernel in (1, 3, 5, 7), f"stem_kernel must be 1, 3, 5 or 7, got {self.stem_kernel}")
         _check(self.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {self.stem_stride}")
         _check(isinstance(self.stem_pool, bool), "stem_pool must be true or false")
@@ -182,15 +207,23 @@ def _parse_resnet_id(text: str) -> ResNetSpec:
         "widths": _default_resnet_widths(len(blk)),
         "strides": _default_resnet_strides(len(blk)),
     }
+    seen: set[str] = set()
     for part in rest:
         _check(part[:1] in ("w", "s") and len(part) > 1, f"bad part {part!r} in {text!r}")
+        what = "widths" if part[0] == "w" else "strides"
+        _check(part[0] not in seen, f"{what} given twice in {text!r}")
+        seen.add(part[0])
         kw["widths" if part[0] == "w" else "strides"] = _parse_dashed(part[1:], text)
     return ResNetSpec(**kw)
 
 
 def _parse_dashed(text: str, whole: str, sep: str = "-") -> tuple[int, ...]:
+    values = text.split(sep)
+    _check(len(values) <= MAX_STAGES, f"at most {MAX_STAGES} values, got {len(values)} in {whole!r}")
+    for v in values:
+        _check(len(v.strip()) <= 9, f"number {v.strip()[:12]}... is too large in {whole[:80]!r}")
     try:
-        return tuple(int(v) for v in text.split(sep))
+        return tuple(int(v) for v in values)
     except ValueError:
         raise UsageError(f"expected integers separated by {sep!r}, got {text!r} in {whole!r}") from None
 
@@ -211,7 +244,9 @@ class HRStage:
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", _int_tuple(self.blocks, "hrnet stage blocks"))
         object.__setattr__(self, "widths", _int_tuple(self.widths, "hrnet stage widths"))
-        _check(self.modules >= 1, f"an HRNet stage needs at least one module, got {self.modules}")
+        _int_field(self.modules, "hrnet stage modules", 1, MAX_BLOCKS)
+        _capped(self.blocks, "hrnet blocks per branch", 1, MAX_BLOCKS)
+        _capped(self.widths, "hrnet widths", 1, MAX_WIDTH)
         _check(len(self.blocks) == len(self.widths), "hrnet stage blocks and widths must have the same length")
         _check(all(b >= 1 for b in self.blocks), f"every branch needs at least one block, got {self.blocks}")
         _check(all(w >= 1 for w in self.widths), f"hrnet widths must be positive, got {self.widths}")
@@ -261,8 +296,10 @@ class HRNetSpec:
                 )
         _check(len(self.stem_strides) == 2, "hrnet stem_strides must have two entries")
         _check(all(s in (1, 2) for s in self.stem_strides), f"stem strides must be 1 or 2, got {self.stem_strides}")
-        _check(self.stem_width >= 1 and self.stage1_width >= 1, "hrnet widths must be positive")
-        _check(self.stage1_blocks >= 1, "hrnet stage 1 needs at least one block")
+        _int_field(self.stem_width, "hrnet stem_width", 1, MAX_WIDTH)
+        _int_field(self.stage1_width, "hrnet stage1_width", 1, MAX_WIDTH)
+        _int_field(self.stage1_blocks, "hrnet stage1_blocks", 1, MAX_BLOCKS)
+        _check(len(stages) <= MAX_STAGES, f"hrnet: at most {MAX_STAGES} stages, got {len(stages)}")
         _check(self.stage1_block in BLOCK_TYPES, f"stage1_block must be one of {BLOCK_TYPES}")
         _check(isinstance(self.pool_after_stage1, bool), "pool_after_stage1 must be true or false")
 
@@ -331,6 +368,7 @@ def _parse_hrnet_id(text: str) -> HRNetSpec:
     parts = text.split(":")
     _check(len(parts) >= 5, f"hrnet id needs at least 5 ':'-separated parts: {text!r}")
     _, wcode, stem, s1, *stage_codes = parts
+    _check(len(stage_codes) < MAX_STAGES, f"hrnet id has {len(stage_codes)} stages, at most {MAX_STAGES - 1}")
     _check(wcode.startswith("w") and len(wcode) > 1, f"bad width code {wcode!r} in {text!r}")
     ms, m1 = _HR_STEM.match(stem), _HR_S1.match(s1)
     _check(ms is not None, f"bad stem code {stem!r} in {text!r} (expected e.g. s22 or s12p)")
@@ -433,6 +471,9 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
 
 
 def parse_spec_id(text: str) -> Spec:
+    _check(len(text) <= 1000, f"spec id too long ({len(text)} characters): {text[:60]!r}...")
+    big = re.search(r"\d{10,}", text)
+    _check(big is None, f"number {big[0][:12] if big else ''}... is too large in spec id {text[:80]!r}")
     family = text.split(":", 1)[0]
     if family == "resnet":
         return _parse_resnet_id(text)
@@ -464,8 +505,12 @@ def get_spec(ref: Spec | str | Path | dict[str, Any]) -> Spec:
 
 
 def load_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or YAML mapping with ``yaml.safe_load``; errors name the file."""
+    """Read a JSON or YAML mapping (``bhsearch.safeload``: no alias bombs, bounded nesting); errors name the file."""
+    from bhsearch.safeload import load_json, load_yaml
+
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, expected a JSON or YAML file")
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     try:
@@ -474,14 +519,16 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{path}: cannot read: {exc}") from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        except ValueError as exc:
+            raise UsageError(f"{path}: invalid JSON: {exc}") from None
     else:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -493,11 +540,12 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
 
 
 def save_spec(spec: Spec, path: str | Path, **metadata: Any) -> Path:
-    """Write ``spec`` as JSON (with its id, name and any metadata) and return the path."""
+    """Write ``spec`` as JSON (with its id, name and any metadata) atomically and return the path."""
     path = Path(path)
     payload = {"id": spec.id, "name": spec_name(spec), **metadata, "spec": spec.to_dict()}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    from bhsearch.fileio import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- input sizes
@@ -516,9 +564,13 @@ def parse_input_size(text: str | tuple[int, int] | int) -> tuple[int, int]:
     m = _SIZE.match(str(text))
     if not m:
         raise UsageError(f"input size must be WIDTHxHEIGHT, e.g. 640x512; got {text!r}")
+    if len(m[1]) > 6 or len(m[2]) > 6:
+        raise UsageError(f"input size must be at most {MAX_INPUT_SIDE} px a side, got {str(text)[:40]!r}")
     w, h = int(m[1]), int(m[2])
     if w <= 0 or h <= 0:
         raise UsageError(f"input size must be positive, got {text!r}")
+    if max(w, h) > MAX_INPUT_SIDE:
+        raise UsageError(f"input size must be at most {MAX_INPUT_SIDE} px a side, got {w}x{h}")
     return w, h
 
 

@@ -60,3 +60,22 @@ def synthetic_data(tmp_path_factory) -> SyntheticData:
     synthetic.write_cifar100(cifar, n_train=600, n_test=200, seed=0)
     write_tinyperson(tiny, n_train=4, n_test=3, seed=0, min_size=320, max_size=400, persons=(4, 12))
     return SyntheticData(root=root, cifar100=cifar, tinyperson=tiny)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path) -> Path:
+    """A folder nothing can be written into: a 0555 folder, or ``/sys`` when running as root."""
+    import tempfile
+
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    for candidate in (ro, Path("/sys")):
+        try:
+            Path(tempfile.mkdtemp(dir=candidate)).rmdir()
+        except OSError:
+            yield candidate
+            break
+    else:
+        pytest.skip("no read-only folder available (root without a read-only /sys)")
+    ro.chmod(0o755)

@@ -334,3 +334,146 @@ def test_cli_study_to_torchvision_and_errors(finetune_dir, tmp_path):
     no_results = _cli("runs/tinyperson", "--to", "mmdet", "--out", "mm/", cwd=tmp_path)
     assert no_results.returncode == 2 and "study directory without results" in no_results.stderr
     assert not (tmp_path / "mm").exists()
+
+
+def test_export_into_a_mount_point_renames_only_inside_it(finetune_dir, tmp_path, monkeypatch):
+    """``out`` acts as a mount point: a rename between it and anything outside fails with EXDEV."""
+    import errno
+    import os
+    import stat
+
+    run_dir, _ = finetune_dir
+    out = tmp_path / "mnt"
+    out.mkdir()
+    (out / "spec.json").write_text("old")
+    (out / "keep.txt").write_text("someone else's")
+    real = os.replace
+    renames = []
+
+    def inside(p) -> bool:
+        return Path(p).absolute().is_relative_to(out)
+
+    def replace(src, dst):
+        renames.append((Path(src), Path(dst)))
+        if inside(src) != inside(dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", replace)
+    old = os.umask(0o022)
+    try:
+        export(run_dir, "torchvision", out)
+    finally:
+        os.umask(old)
+    assert renames and all(inside(s) and inside(d) for s, d in renames)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "keep.txt", "spec.json", "weights.safetensors"]
+    assert json.loads((out / "spec.json").read_text())["id"] == SPEC.id
+    assert {stat.S_IMODE((out / n).stat().st_mode) for n in ("README.md", "spec.json", "weights.safetensors")} == {
+        0o644
+    }
+
+
+def test_failed_export_into_an_existing_folder_keeps_the_old_set(finetune_dir, tmp_path, monkeypatch):
+    """The last rename fails: the new spec.json must not stay beside the old weights."""
+    import os
+
+    run_dir, _ = finetune_dir
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("README.md", "spec.json", "weights.safetensors"):
+        (out / name).write_text(f"old {name}")
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == out / "weights.safetensors" and ".tmp" in Path(src).parent.name:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="Input/output error"):
+        export(run_dir, "torchvision", out)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        n: f"old {n}" for n in ("README.md", "spec.json", "weights.safetensors")
+    }
+
+
+def test_detections_are_compared_as_sets():
+    from bhsearch.export.onnx import compare_detections
+
+    ref = {
+        "boxes": torch.tensor([[10.0, 10, 20, 30], [50, 40, 60, 70], [5, 5, 9, 9]]),
+        "scores": torch.tensor([0.9, 0.80001, 0.8]),
+        "labels": torch.tensor([1, 1, 1]),
+    }
+    swapped = [0, 2, 1]  # the two near-equal scores change places in the other runtime
+    got = {
+        "boxes": ref["boxes"][swapped] + 3e-5,
+        "scores": torch.tensor([0.9, 0.80002, 0.80001])[[0, 1, 2]],
+        "labels": ref["labels"][swapped],
+    }
+    result = compare_detections(ref, got)
+    assert result["boxes_max_abs_error"] == pytest.approx(3e-5, abs=1e-5)
+    assert result["scores_max_abs_error"] == pytest.approx(2e-5, abs=1e-6) and result["labels_equal"]
+    moved = dict(got, boxes=got["boxes"].clone())
+    moved["boxes"][2, 0] += 4.0  # a real difference still shows
+    assert compare_detections(ref, moved)["boxes_max_abs_error"] == pytest.approx(4.0, abs=1e-4)
+    other = dict(got, labels=torch.tensor([1, 2, 1]))
+    assert compare_detections(ref, other)["labels_equal"] is False
+
+
+def test_mmdet_export_of_a_groupnorm_run(tmp_path):
+    """A run trained from scratch uses GroupNorm: its weights must load, and the config says gn."""
+    from mmengine.config import Config
+
+    torch.manual_seed(4)
+    run = tmp_path / "gn-run"
+    model = tv_build_detector(SPEC, "faster_rcnn", norm="gn", **SMALL).eval()
+    save_spec(SPEC, run / "spec.json", detector=detector_settings(model))
+    save_weights(model, run / "model.safetensors")
+    result = export(run, "mmdet", tmp_path / "mm")
+    cfg = Config.fromfile(str(tmp_path / "mm" / result.report["config"]))
+    assert cfg.model.backbone.norm == "gn" and cfg.model.backbone.norm_eval is False
+    from bhsearch.export import mmdet_plugin
+
+    backbone = mmdet_plugin.MODELS.build(cfg.model.backbone).eval()
+    for name, tensor in model.backbone.body.state_dict().items():
+        assert torch.equal(backbone.body.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn"])
+def test_mmdet2_config_parses_and_builds_backbone(norm, tmp_path):
+    """``--mmdet-version 2``: an MMDetection 2.x python config (checked with mmengine's parser)."""
+    from mmengine.config import Config
+
+    from bhsearch.export import mmdet_plugin
+
+    torch.manual_seed(5)
+    run = tmp_path / "run"
+    model = tv_build_detector(SPEC, "faster_rcnn", norm=norm, **SMALL).eval()
+    save_spec(SPEC, run / "spec.json", detector=detector_settings(model))
+    save_weights(model, run / "model.safetensors")
+    result = export(run, "mmdet", tmp_path / "mm", mmdet_version=2)
+    assert result.report["mmdet_version"] == 2 and result.report["config"].endswith("_tinyperson_mmdet2.py")
+    text = (tmp_path / "mm" / result.report["config"]).read_text()
+    assert text.startswith("# MMDetection 2.x config") and "data_preprocessor" not in text
+    cfg = Config.fromfile(str(tmp_path / "mm" / result.report["config"]))
+    assert cfg.custom_imports == {"imports": ["bhsearch.export.mmdet_plugin"], "allow_failed_imports": False}
+    assert cfg.model.type == "FasterRCNN" and cfg.model.neck.type == "FPN"
+    backbone = cfg.model.backbone
+    assert backbone.type == "BHSearchBackbone" and backbone.spec == SPEC.id and backbone.init_cfg is None
+    expected = {"type": "GN", "num_groups": 32, "requires_grad": True} if norm == "gn" else {"type": "BN", "requires_grad": True}
+    assert backbone.norm_cfg == expected and "norm" not in backbone
+    assert cfg.model.train_cfg.rpn.assigner.type == "MaxIoUAssigner" and "rcnn" in cfg.model.test_cfg
+    assert cfg.model.neck.in_channels == list(SPEC.out_channels)
+    assert cfg.data.samples_per_gpu == 2 and cfg.data.train.img_prefix == "data/tiny_set/train/"
+    assert cfg.data.test.ann_file == "data/tiny_set/annotations/task/tiny_set_test_all.json"
+    assert cfg.data.train.pipeline[2] == {"type": "RandomCrop", "crop_size": (96, 128), "allow_negative_crop": True}
+    assert cfg.data.train.pipeline[4].type == "Normalize" and cfg.data.train.pipeline[4].to_rgb is True
+    assert cfg.lr_config.step == [8, 11] and cfg.runner == {"type": "EpochBasedRunner", "max_epochs": 12}
+    assert cfg.optimizer.lr == 0.01
+    built = mmdet_plugin.MODELS.build(dict(backbone)).eval()
+    for name, tensor in model.backbone.body.state_dict().items():
+        assert torch.equal(built.body.state_dict()[name], tensor), name
+    with torch.no_grad():
+        assert [f.shape[1] for f in built(_image(2)[None])] == cfg.model.neck.in_channels

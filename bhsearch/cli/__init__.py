@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from bhsearch.errors import BhsearchError
@@ -41,6 +42,17 @@ def _command_modules():
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line; an error re-raised from a DataLoader worker (whose message
+    carries the worker's traceback) is reduced to the original error's own message."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and any("Original Traceback" in ln for ln in lines):
+        return re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", lines[-1].strip())
+    return " ".join(ln.strip() for ln in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bhsearch", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except BhsearchError as exc:
-        print(f"bhsearch {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bhsearch {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        print(f"bhsearch {args.command}: error: {one_line(exc)}", file=sys.stderr)  # e.g. a worker was killed
+        return 1
     except KeyboardInterrupt:
         print(f"bhsearch {args.command}: interrupted", file=sys.stderr)
         return 130

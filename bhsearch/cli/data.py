@@ -53,6 +53,7 @@ def register(subparsers) -> None:
         help="persons per image (default 8 40; the dense image gets 4x)",
     )
     tp.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image format (default jpg)")
+    tp.add_argument("--overwrite", action="store_true", help="replace an existing OUT/tiny_set")
     tp.add_argument("--json", action="store_true", help="print the written paths and stats as JSON")
     tp.set_defaults(func=run)
 
@@ -65,6 +66,7 @@ def register(subparsers) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--train", type=int, default=5000, metavar="N", help="training images (default 5000)")
     c.add_argument("--test", type=int, default=1000, metavar="N", help="test images (default 1000)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing OUT/cifar-100-python")
     c.add_argument("--json", action="store_true", help="print the written path as JSON")
     c.set_defaults(func=run)
 
@@ -80,6 +82,7 @@ def register(subparsers) -> None:
     i.add_argument("--per-batch", type=int, default=2000, help="images per training batch (default 2000)")
     i.add_argument("--val", type=int, default=1000, metavar="N", help="validation images (default 1000)")
     i.add_argument("--npz", action="store_true", help="write .npz files instead of pickles")
+    i.add_argument("--overwrite", action="store_true", help="replace existing OUT/Imagenet32_* folders")
     i.add_argument("--json", action="store_true", help="print the written path as JSON")
     i.set_defaults(func=run)
 
@@ -173,12 +176,13 @@ def run(args) -> int:
             max_size=args.max_size,
             persons=tuple(args.persons),
             image_format=args.format,
+            overwrite=args.overwrite,
         )
         _print({**{k: v for k, v in res.items() if k != "stats"}, **res["stats"]}, args.json, "synthetic TinyPerson")
     elif cmd == "synth-cifar100":
         from bhsearch.data.synthetic import write_cifar100
 
-        path = write_cifar100(args.out, n_train=args.train, n_test=args.test, seed=args.seed)
+        path = write_cifar100(args.out, n_train=args.train, n_test=args.test, seed=args.seed, overwrite=args.overwrite)
         _print({"path": str(path), "train": args.train, "test": args.test}, args.json, "synthetic CIFAR-100")
     elif cmd == "synth-imagenet32":
         from bhsearch.data.synthetic import write_imagenet32
@@ -190,6 +194,7 @@ def run(args) -> int:
             n_val=args.val,
             seed=args.seed,
             fmt="npz" if args.npz else "pickle",
+            overwrite=args.overwrite,
         )
         _print(
             {"path": str(path), "train": args.batches * args.per_batch, "val": args.val},
@@ -200,9 +205,11 @@ def run(args) -> int:
         _print(_stats(args.ref), args.json, f"dataset {args.ref}")
     elif cmd == "tiles":
         from bhsearch.data import registry
+        from bhsearch.data.tiling import check_overlap
         from bhsearch.spec import parse_input_size
 
         tile = parse_input_size(args.tile)
+        check_overlap(tile, args.overlap)
         kind, _ = registry.parse_ref(args.ref)
         if kind not in registry.DETECTION_KINDS:
             raise UsageError(

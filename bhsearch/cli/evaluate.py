@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from bhsearch.tasks.registry import benchmark_names
 
@@ -107,8 +108,13 @@ def _options(args) -> dict:
 
 
 def run(args) -> int:
+    from bhsearch.errors import DataError
     from bhsearch.tasks import get_benchmark
 
+    if args.benchmark != "widerface":  # both are JSON files; a folder would be reported as missing
+        for flag, value in (("--gt", args.gt), ("--dets", args.dets)):
+            if Path(value).is_dir():
+                raise DataError(f"{flag} {value}: is a directory, expected a COCO JSON file")
     bench = get_benchmark(args.benchmark)
     result = bench.evaluate(args.gt, args.dets, **_options(args))
     if args.json:

@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.run_dir).is_dir():  # cheap checks before importing torch
         raise UsageError(f"{args.run_dir}: no such run folder")
+    if args.save_detections:
+        from bhsearch.fileio import check_writable
+
+        check_writable(args.save_detections, "--save-detections", is_dir=False)
     parse_ref(args.data, DETECTION_KINDS)
     import torch
     from rich.console import Console

@@ -51,6 +51,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="export", metavar="DIR", help="output folder (default ./export)")
     p.add_argument("--num-classes", type=int, metavar="N", help="foreground classes (default: stored, else 1)")
     p.add_argument("--norm", choices=("bn", "gn", "frozen_bn"), help="normalisation layers (default: stored, else bn)")
+    p.add_argument(
+        "--mmdet-version",
+        type=int,
+        choices=(2, 3),
+        help="with --to mmdet: a 3.x config (default) or a 2.x (mmcv-full 1.x) one, as SSPNet/RFLA/TOV use",
+    )
     p.add_argument("--backbone-only", action="store_true", help="onnx: export the backbone only")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=run)
@@ -94,10 +100,18 @@ def run(args) -> int:
     import json
 
     from bhsearch.export import export
+    from bhsearch.fileio import check_writable
 
+    check_writable(args.out, "--out")  # before the model is built
     options = {}
     if args.norm:
         options["norm"] = args.norm
+    if args.mmdet_version:
+        if args.to != "mmdet":
+            from bhsearch.errors import UsageError
+
+            raise UsageError("--mmdet-version applies to --to mmdet only")
+        options["mmdet_version"] = args.mmdet_version
     if args.backbone_only:
         if args.to != "onnx":
             from bhsearch.errors import UsageError

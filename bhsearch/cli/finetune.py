@@ -35,11 +35,16 @@ def _option(text: str):
     import yaml
 
     from bhsearch.errors import UsageError
+    from bhsearch.safeload import load_yaml
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"--detector-option must be KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), load_yaml(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"--detector-option {key.strip()}: malformed value: {problem}") from None
 
 
 def register(subparsers) -> None:
@@ -97,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         names["tile_size"] = "tile"
     if args.detector_option:
         args.detector_kwargs = dict(_option(text) for text in args.detector_option)
+        from bhsearch.detectors import check_detector_options
+
+        check_detector_options(args.detector or "faster_rcnn", args.detector_kwargs)
         names["detector_kwargs"] = "detector_kwargs"
     config = build_config(FinetuneConfig, args, names)
     try:

@@ -60,8 +60,11 @@ def build_config(cls, args: argparse.Namespace, names: dict[str, str]):
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a bad ``--out`` before any data is read or epoch is run (exists as a file, read-only)."""
     from bhsearch.errors import UsageError
+    from bhsearch.fileio import check_writable
 
+    check_writable(out, "--out")
     if (out / "checkpoint.pt").is_file() and not (resume or overwrite):
         raise UsageError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue or --overwrite")
     if resume and overwrite:

@@ -53,10 +53,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from bhsearch.fileio import check_writable
     from bhsearch.latency import network_units, predict_latency, profile_space
     from bhsearch.spec import get_spec
 
     base = get_spec(args.base)
+    check_writable(args.out, "--out", is_dir=False)
     t0 = time.perf_counter()
     table = profile_space(
         base,

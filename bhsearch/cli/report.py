@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 ORDER = 72
 
@@ -39,7 +40,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top is not None and args.top < 1:
         raise UsageError(f"--top must be >= 1, got {args.top}")
+    from bhsearch.fileio import check_writable
     from bhsearch.report import build_report, print_report
+
+    if Path(args.run_dir).is_dir():  # a missing folder is reported by build_report
+        if args.refresh:
+            check_writable(args.run_dir, "run folder (--refresh rewrites results.csv)")
+        if not args.no_plots:
+            check_writable(Path(args.run_dir) / "plots", "plots folder (or pass --no-plots)")
 
     info = build_report(args.run_dir, top=args.top, plots=not args.no_plots, refresh=args.refresh)
     if args.csv:

@@ -202,11 +202,16 @@ def write_csv(result, target: str) -> None:
         writer.writeheader()
         writer.writerows(rows)
         return
-    try:
-        with open(target, "w", newline="") as fh:
+    from bhsearch.fileio import atomic_write
+
+    def write(tmp) -> None:
+        with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
+
+    try:
+        atomic_write(target, write)
     except OSError as exc:
         raise UsageError(f"{target}: cannot write CSV: {exc.strerror or exc}") from None
 
@@ -285,6 +290,10 @@ def print_table(result, console) -> None:
 def run(args) -> int:
     import json
 
+    if args.csv and args.csv != "-":
+        from bhsearch.fileio import check_writable
+
+        check_writable(args.csv, "--csv", is_dir=False)  # before solving
     result = solve_from_args(args)
     if args.csv:
         write_csv(result, args.csv)

@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from bhsearch.tune.study import load_study
 
     study = load_study(args.study)
+    from bhsearch.cli._preflight import check_tune  # writable storage, dashboard packages: before Ray starts
+
+    check_tune(study, args.storage, args.dashboard_host)
     if args.storage:
         study = study.model_copy(update={"storage": args.storage})
     study = study.absolute()

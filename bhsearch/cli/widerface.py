@@ -46,6 +46,7 @@ def register(subparsers) -> None:
     s.add_argument("--width", type=int, default=320, help="image width in pixels (default 320; real set: 1024)")
     s.add_argument("--faces", type=int, nargs=2, default=(0, 12), metavar=("MIN", "MAX"), help="faces per image")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing set in OUT")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(func=run)
 
@@ -118,7 +119,13 @@ def _synth(args) -> int:
     from bhsearch.tasks.widerface.synthetic import write_widerface
 
     out = write_widerface(
-        args.out, n_train=args.train, n_val=args.val, seed=args.seed, width=args.width, faces=tuple(args.faces)
+        args.out,
+        n_train=args.train,
+        n_val=args.val,
+        seed=args.seed,
+        width=args.width,
+        faces=tuple(args.faces),
+        overwrite=args.overwrite,
     )
     counts = load_eval_gt(out).face_counts()
     result = {"out": str(out), "train_images": args.train, "val_images": args.val, "val_faces": counts}
@@ -167,8 +174,10 @@ def _stats(args) -> int:
 
 
 def _train(args) -> int:
+    from bhsearch.fileio import check_writable
     from bhsearch.train.finetune_widerface import WiderFaceConfig, run_finetune_widerface
 
+    check_writable(args.out, "--out")
     config = WiderFaceConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -205,11 +214,13 @@ def _fmt(value) -> str:
 def _predict(args) -> int:
     from pathlib import Path
 
+    from bhsearch.fileio import check_writable
     from bhsearch.tasks.widerface.evaluate import predictions_to_coco, write_prediction_folder
     from bhsearch.tasks.widerface.reader import WiderFaceDataset
     from bhsearch.train import loop
     from bhsearch.train.finetune_widerface import load_face_model, predict_widerface
 
+    check_writable(args.out, "--out", is_dir=args.format == "text")
     device = loop.select_device(args.device)
     model, _ = load_face_model(args.run_dir, device)
     dataset = WiderFaceDataset(args.data, "val")

@@ -41,30 +41,33 @@ def parse_ref(ref: str, allowed: Sequence[str] = KINDS) -> tuple[str, Path]:
 
 
 def ensure_synthetic(kind: str, path: Path) -> Path:
-    """Generate the synthetic set for ``kind`` into ``path`` unless it is already there."""
+    """Generate the synthetic set for ``kind`` into ``path`` unless it is already there.
+
+    A set is there when the file its writer renames in last exists; an incomplete one is replaced.
+    """
     from bhsearch.data import synthetic
     from bhsearch.tasks.tinyperson.synthetic import write_tinyperson
 
     params = SYNTHETIC_DEFAULTS[kind]
     if kind == "synthetic-cifar100":
         if not (path / "cifar-100-python" / "train").is_file():
-            synthetic.write_cifar100(path, **params)
+            synthetic.write_cifar100(path, **params, overwrite=True)
     elif kind == "synthetic-imagenet32":
         if not (path / "Imagenet32_val" / "val_data").is_file():
-            synthetic.write_imagenet32(path, **params)
+            synthetic.write_imagenet32(path, **params, overwrite=True)
     elif kind == "synthetic-widerface":
         # the file open_widerface checks: both generate the same set
         if not (path / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
             from bhsearch.tasks.widerface.synthetic import write_widerface
 
-            write_widerface(path, **params)
+            write_widerface(path, **params, overwrite=True)
     elif kind == "synthetic-aitod":
         if not (path / "AI-TOD" / "annotations" / "aitod_test_v1.json").is_file():
             from bhsearch.tasks.aitod.synthetic import write_aitod
 
             write_aitod(path, **params)
     elif not (path / "tiny_set" / "annotations" / "task" / "tiny_set_test_all.json").is_file():
-        write_tinyperson(path, **params)
+        write_tinyperson(path, **params, overwrite=True)
     return path
 
 

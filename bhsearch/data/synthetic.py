@@ -7,7 +7,9 @@
 The detection benchmarks' generators live with their benchmark: ``bhsearch.tasks.tinyperson.synthetic``,
 ``bhsearch.tasks.widerface.synthetic``, ``bhsearch.tasks.aitod.synthetic``.
 
-All drawing is vectorised numpy; everything is seeded and deterministic.
+All drawing is vectorised numpy; everything is seeded and deterministic. Each writer builds its
+folders in a staging folder and renames them into place at the end (``building``), so a killed writer
+leaves nothing a reader trusts; an existing set is replaced only with ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,32 @@ import io
 import math
 import pickle
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bhsearch.errors import UsageError
+from bhsearch.errors import DataError, UsageError
+
+
+@contextmanager
+def building(out_dir: str | Path, names: tuple[str, ...], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a staging folder for the dataset folders ``names`` of ``out_dir``; rename them in at the end.
+
+    Without ``overwrite`` an existing ``out_dir/NAME`` is refused (``DataError``) before anything is
+    written. ``names[-1]`` is renamed in last: put the file readers check for completeness there.
+    """
+    from bhsearch.fileio import atomic_entries, check_writable
+
+    out = Path(out_dir)
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not overwrite:
+        raise DataError(f"{out / existing[0]}: a dataset is already there (use --overwrite to replace it)")
+    check_writable(out, "dataset folder")
+    with atomic_entries(out, last=names[-1:]) as stage:
+        yield stage
 
 # --------------------------------------------------------------------------- 32x32 classification
 
@@ -166,12 +188,19 @@ def _balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.n
     return labels
 
 
-def write_cifar100(out_dir: str | Path, n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> Path:
+def write_cifar100(
+    out_dir: str | Path, n_train: int = 5000, n_test: int = 1000, seed: int = 0, overwrite: bool = False
+) -> Path:
     """Write ``out_dir/cifar-100-python/{train,test,meta}`` like the official (Python 2) pickles."""
     if n_train < 0 or n_test < 0:
         raise UsageError("n_train and n_test must be >= 0")
+    with building(out_dir, ("cifar-100-python",), overwrite) as stage:
+        _write_cifar100(stage / "cifar-100-python", n_train, n_test, seed)
+    return Path(out_dir) / "cifar-100-python"
+
+
+def _write_cifar100(folder: Path, n_train: int, n_test: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    folder = Path(out_dir) / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
     fine_names = class_names(CIFAR_FACTORS)
     coarse_names = [f"group_{i:02d}" for i in range(20)]
@@ -187,7 +216,6 @@ def write_cifar100(out_dir: str | Path, n_train: int = 5000, n_test: int = 1000,
         }
         dump_py2_pickle(payload, folder / split)
     dump_py2_pickle({"fine_label_names": fine_names, "coarse_label_names": coarse_names}, folder / "meta")
-    return folder
 
 
 def write_imagenet32(
@@ -197,16 +225,27 @@ def write_imagenet32(
     n_val: int = 1000,
     seed: int = 0,
     fmt: str = "pickle",
+    overwrite: bool = False,
 ) -> Path:
     """Write ImageNet32-format batches (labels 1..1000, ``mean`` in training batches)."""
     if fmt not in ("pickle", "npz"):
         raise UsageError(f"fmt must be 'pickle' or 'npz', got {fmt!r}")
     if not 1 <= n_batches <= 10:
         raise UsageError(f"n_batches must be 1..10, got {n_batches}")
-    rng = np.random.default_rng(seed)
-    out = Path(out_dir)
+    if per_batch < 1 or n_val < 1:
+        raise UsageError(f"per_batch and n_val must be >= 1, got {per_batch} and {n_val}")
     suffix = "_npz" if fmt == "npz" else ""
-    train_dir, val_dir = out / f"Imagenet32_train{suffix}", out / f"Imagenet32_val{suffix}"
+    names = (f"Imagenet32_train{suffix}", f"Imagenet32_val{suffix}")
+    with building(out_dir, names, overwrite) as stage:
+        _write_imagenet32(stage, names, n_batches, per_batch, n_val, seed, fmt)
+    return Path(out_dir)
+
+
+def _write_imagenet32(
+    out: Path, names: tuple[str, str], n_batches: int, per_batch: int, n_val: int, seed: int, fmt: str
+) -> None:
+    rng = np.random.default_rng(seed)
+    train_dir, val_dir = out / names[0], out / names[1]
     train_dir.mkdir(parents=True, exist_ok=True)
     val_dir.mkdir(parents=True, exist_ok=True)
     batches = []
@@ -228,4 +267,3 @@ def write_imagenet32(
     for i, (data, labels) in enumerate(batches, start=1):
         dump(train_dir / f"train_data_batch_{i}", {"data": data, "labels": labels, "mean": mean})
     dump(val_dir / "val_data", {"data": val[0], "labels": val[1]})
-    return out

@@ -24,6 +24,7 @@ from bhsearch.errors import UsageError
 from bhsearch.export.common import BODY_PREFIX, ExportSource, backbone_state, resolve_source
 
 TARGETS = ("torchvision", "onnx", "mmdet", "timm")
+MAX_EXPORT_SIDE = 4096  # pixels; the exporters run the model at the export size
 
 # Settings that describe the backbone + FPN + input (kept when another detector type is asked for).
 _SHARED_SETTINGS = ("norm", "image_size", "fpn_channels", "min_level", "image_mean", "image_std", "resize")
@@ -137,6 +138,8 @@ def export(
     from bhsearch.spec import parse_input_size
 
     size = parse_input_size(input_size)
+    if max(size) > MAX_EXPORT_SIDE:  # the exporters trace and check the model at this size
+        raise UsageError(f"export input must be at most {MAX_EXPORT_SIDE} px a side, got {size[0]}x{size[1]}")
     source = resolve_source(spec_or_path)
     if weights is not None:
         source.weights = Path(weights)

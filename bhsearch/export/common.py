@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bhsearch.errors import UsageError
+from bhsearch.fileio import atomic_entries, check_writable
 from bhsearch.spec import Spec, get_spec, load_mapping, spec_name
 
 STUDY_FILES = ("results.csv", "best_spec.json")
@@ -89,46 +88,20 @@ def backbone_state(state: dict[str, Any]) -> dict[str, Any]:
     return dict(state)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def staged_output(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success its files move into ``out``.
+    """Yield a staging folder; on success its files replace theirs in ``out`` as one set.
 
-    A new ``out`` appears in one rename; into an existing folder each file is replaced by an
-    atomic rename after all of them were written. On error nothing in ``out`` changes.
+    ``bhsearch.fileio.atomic_entries``: a new ``out`` appears in one rename; in an existing folder
+    (even a mount point) the staging folder lives inside it, and a failure restores the old files.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a directory")
-    parent = out.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'export'}.tmp-", dir=parent))
-        tmp.chmod(0o777 & ~_umask())
-    except OSError as exc:
-        raise UsageError(f"{out}: cannot write here: {exc}") from None
-    try:
+    check_writable(out, "export folder")
+    with atomic_entries(out) as tmp:
         yield tmp
         for item in tmp.iterdir():
-            if item.is_file():
-                item.chmod(0o666 & ~_umask())  # mkstemp-style files are 0600
-        if not out.exists():
-            os.replace(tmp, out)
-            return
-        items = sorted(tmp.iterdir())
-        for item in items:
-            if (out / item.name).is_dir():
+            if (out / item.name).is_dir() and not item.is_dir():
                 raise UsageError(f"{out / item.name}: is a directory, cannot replace it")
-        for item in items:
-            os.replace(item, out / item.name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def readme_section(out: Path, staging: Path, target: str, text: str) -> None:
@@ -145,7 +118,7 @@ def readme_section(out: Path, staging: Path, target: str, text: str) -> None:
     else:
         header = "# bhsearch export\n\nFiles written by `bhsearch export`; one section per target.\n\n"
         new = (old or header).rstrip("\n") + "\n\n" + block
-    (staging / "README.md").write_text(new)
+    (staging / "README.md").write_text(new, encoding="utf-8")
 
 
 __all__ = [

@@ -265,9 +265,10 @@ def config_text(
     weights_file: str | None = None,
     frozen_stages: int = -1,
     data_root: str = "data/tiny_set/",
+    mmdet_version: int = 3,
     **options: Any,
 ) -> str:
-    """The config file text (Python) for ``source``."""
+    """The config file text (Python) for ``source``: MMDetection 3.x, or 2.x with ``mmdet_version=2``."""
     from bhsearch import detectors
     from bhsearch.spec import spec_name
 
@@ -290,15 +291,21 @@ def config_text(
     in_channels = [spec.out_channels[i] for i in indices]
     strides = list(model.backbone.out_strides)
     width, height = settings["image_size"]
-    lines = [
-        HEADER.format(
-            name=spec_name(spec) or "search result",
-            spec_id=spec.id,
-            detector=settings["detector"],
-            classes=settings["num_classes"],
-            stride0=strides[0],
-        )
-    ]
+    header = {
+        "name": spec_name(spec) or "search result",
+        "spec_id": spec.id,
+        "detector": settings["detector"],
+        "classes": settings["num_classes"],
+        "stride0": strides[0],
+    }
+    if mmdet_version == 2:
+        from bhsearch.export.mmdet2 import config_text_v2
+
+        model = model_config(settings, strides, backbone, in_channels)
+        return config_text_v2(model, settings, (width, height), header, data_root, settings_max(settings))
+    if mmdet_version != 3:
+        raise UsageError(f"mmdet_version must be 2 or 3, got {mmdet_version!r}")
+    lines = [HEADER.format(**header)]
 
     def put(name: str, value: Any) -> None:
         lines.append(f"{name} = {py(value)}\n")
@@ -466,20 +473,23 @@ def export(
     from bhsearch.export.common import backbone_state
     from bhsearch.models import build_backbone
 
+    version = options.pop("mmdet_version", 3)
     kwargs = detector_kwargs(source, detector, num_classes, **options)
     det = kwargs["detector"]
     stem = file_stem(source.spec).replace("-", "_").replace(".", "_")
-    config = f"{stem}_{det}_tinyperson.py"
+    config = f"{stem}_{det}_tinyperson{'_mmdet2' if version == 2 else ''}.py"
     files = [config]
     weights_file = None
     with staged_output(out) as tmp:
         if source.weights is not None:
             weights_file = f"{stem}_backbone.safetensors"
-            trunk = build_backbone(source.spec, norm="bn")
+            trunk = build_backbone(source.spec, norm="gn" if kwargs.get("norm") == "gn" else "bn")  # as trained
             load_state(trunk, backbone_state(read_safetensors(source.weights)), str(source.weights))
             save_weights(trunk, tmp / weights_file)
             files.append(weights_file)
-        text = config_text(source, detector, num_classes, input_size, weights_file=weights_file, **options)
+        text = config_text(
+            source, detector, num_classes, input_size, weights_file=weights_file, mmdet_version=version, **options
+        )
         (tmp / config).write_text(text)
         spec = source.spec
         in_channels = list(spec.out_channels)[kwargs.get("min_level", 2) - 2 :]
@@ -498,7 +508,9 @@ def export(
             ),
         )
     files.append("README.md")
-    return ExportResult("mmdet", out, files, source.spec.id, {"config": config, "detector": det})
+    return ExportResult(
+        "mmdet", out, files, source.spec.id, {"config": config, "detector": det, "mmdet_version": version}
+    )
 
 
 __all__ = ["config_text", "export", "model_config", "py"]

@@ -4,8 +4,9 @@ Load it from a config with::
 
     custom_imports = dict(imports=['bhsearch.export.mmdet_plugin'], allow_failed_imports=False)
 
-The backbone goes into mmdet's ``MODELS`` registry when mmdet is importable, else into
-mmengine's root ``MODELS`` registry (which mmdet's registry falls back to as its parent).
+The backbone goes into mmdet 3.x's ``MODELS`` registry, mmdet 2.x's ``BACKBONES`` registry
+(``mmdet.models.builder``), or, without mmdet, mmengine's root ``MODELS`` registry (which mmdet
+3.x's registry falls back to as its parent).
 """
 
 from __future__ import annotations
@@ -23,11 +24,19 @@ try:  # pragma: no cover - mmdet is not installable on every machine
 
     REGISTRY = "mmdet"
 except ImportError:
-    from mmengine.registry import MODELS
+    try:  # pragma: no cover - MMDetection 2.x (mmcv-full 1.x)
+        from mmdet.models.builder import BACKBONES as MODELS
 
-    REGISTRY = "mmengine"
+        REGISTRY = "mmdet2"
+    except ImportError:
+        from mmengine.registry import MODELS
 
-from mmengine.model import BaseModule
+        REGISTRY = "mmengine"
+
+try:
+    from mmengine.model import BaseModule
+except ImportError:  # pragma: no cover - mmcv-full 1.x without mmengine
+    from mmcv.runner import BaseModule
 
 _STAGE = re.compile(r"^(layer|stage)\d+$")
 
@@ -40,6 +49,9 @@ class BHSearchBackbone(BaseModule):
     Args:
         spec: a spec id, a registered name, a spec dict (``spec.to_dict()``) or a spec file.
         norm: ``"bn"``, ``"gn"`` or ``"frozen_bn"``.
+        norm_cfg: the MMDetection 2.x way to say it, ``dict(type='BN'|'GN', requires_grad=...)``;
+            overrides ``norm`` (``BN`` with ``requires_grad=False`` is ``frozen_bn``; GroupNorm's
+            groups are bhsearch's own, ``num_groups`` is informative).
         out_indices: which of the four levels to return (0 = ``c2``).
         frozen_stages: -1 trains everything; 0 freezes the stem; k freezes the stem and the first k
             stages (``layer1..k`` for ResNets; ``layer1``, ``stage2``… with their transitions for HRNets).
@@ -57,9 +69,16 @@ class BHSearchBackbone(BaseModule):
         norm_eval: bool = False,
         weights: str | None = None,
         init_cfg: Any = None,
+        norm_cfg: dict[str, Any] | None = None,
     ):
         super().__init__(init_cfg)
         from bhsearch.models import build_backbone
+
+        if norm_cfg is not None:
+            kind = str(norm_cfg.get("type", "")).upper()
+            if kind not in ("BN", "SYNCBN", "GN"):
+                raise UsageError(f"BHSearchBackbone norm_cfg type must be BN, SyncBN or GN, got {norm_cfg!r}")
+            norm = "gn" if kind == "GN" else ("bn" if norm_cfg.get("requires_grad", True) else "frozen_bn")
 
         self.spec = get_spec(spec)
         self.body = build_backbone(self.spec, norm=norm)

@@ -9,13 +9,12 @@ Python, no torch, microseconds per candidate.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bhsearch.errors import UsageError
+from bhsearch.fileio import atomic_write_text, require_file
 from bhsearch.latency.units import network_units
 from bhsearch.spec import Spec, get_spec, parse_input_size
 
@@ -67,16 +66,7 @@ class LatencyTable:
         path = Path(path or self.path or "")
         if not str(path):
             raise UsageError("no path to save the latency table to")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh, indent=1, sort_keys=False)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
         self.path = path
         return path
 
@@ -158,9 +148,7 @@ class LatencyTable:
 def load_table(path: str | Path, allow_mismatch: bool = False, **expected: Any) -> LatencyTable:
     """Read a latency table; with ``expected`` settings (``device=``, ``dtype=``, ``batch_size=`` …,
     see ``MATCH_KEYS``) refuse one measured otherwise unless ``allow_mismatch``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such latency table (create one with `bhsearch profile`)")
+    path = require_file(path, "{path}: no such latency table (create one with `bhsearch profile`)")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:

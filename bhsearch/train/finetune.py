@@ -126,8 +126,9 @@ class FinetuneConfig:
             raise UsageError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if len(self.tile) != 2 or min(self.tile) < 32:
             raise UsageError(f"tile must be (width, height) of at least 32 px, got {self.tile}")
-        if not 0 <= self.overlap < min(self.tile):
-            raise UsageError(f"overlap must be in [0, {min(self.tile)}), got {self.overlap}")
+        from bhsearch.data.tiling import check_overlap
+
+        check_overlap(self.tile, self.overlap)
         if self.width_mult <= 0:
             raise UsageError(f"width_mult must be positive, got {self.width_mult}")
         if self.eval_every < 0 or self.num_workers < 0 or self.warmup_steps < 0:
@@ -153,9 +154,11 @@ class FinetuneConfig:
 def read_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """Backbone weights from ``path`` and their kind: ``"pretrain"`` (a bhsearch backbone file) or
     ``"torchvision"`` (an ImageNet classifier ``state_dict``; ``fc.*`` dropped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--init {path}: no such file")
+    from bhsearch.fileio import require_file
+
+    if Path(path).is_dir():
+        raise UsageError(f"--init {path}: is a directory, expected a weights file")
+    path = require_file(path, "--init {path}: no such file")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 

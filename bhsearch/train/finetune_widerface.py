@@ -193,7 +193,7 @@ def open_widerface(data: Any, config: WiderFaceConfig):
         if kind == "synthetic-widerface" and not (root / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
             from bhsearch.tasks.widerface.synthetic import write_widerface
 
-            write_widerface(root)
+            write_widerface(root, overwrite=True)  # no complete set there
     else:
         root = Path(text).expanduser()
     train = WiderFaceDataset(root, "train")

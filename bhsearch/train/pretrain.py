@@ -13,6 +13,7 @@ Outputs in ``out_dir``: ``backbone.safetensors`` (backbone keys only; loads into
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,18 @@ class PretrainConfig:
         return _from_dict(cls, data, "pretrain")
 
 
+def _finite(cfg: Any) -> None:
+    """Every number of a config is finite (``--width-mult nan`` would pass ``<= 0`` checks)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UsageError(f"{f.name} must be a finite number, got {value!r}")
+
+
 def _positive(cfg: Any, *names: str) -> None:
+    """Integers >= 1 for ``names``; every float field finite (all configs call this first)."""
+    _finite(cfg)
     for name in names:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -184,12 +184,13 @@ def results_table(rows: list[dict[str, Any]]):
 
 def write_results(run_dir: str | Path, study: Any, statuses: dict[str, str] | None = None):
     """Write ``results.csv``, ``results.parquet`` and ``best_spec.json`` into ``run_dir``."""
+    from bhsearch.fileio import atomic_write
     from bhsearch.spec import get_spec, save_spec
 
     run_dir = Path(run_dir)
     df = results_table(collect_rows(run_dir, study, statuses))
-    df.to_csv(run_dir / "results.csv", index=False)
-    df.to_parquet(run_dir / "results.parquet", index=False)
+    atomic_write(run_dir / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(run_dir / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
     best_path = run_dir / "best_spec.json"
     done = df[df["status"] == "completed"]
     if len(done):

@@ -4,7 +4,8 @@ A study names a base network, the design space the solver enumerates, how to sea
 (Optuna TPE, random or an exhaustive grid), the ASHA scheduler, the training stages of a
 trial, the resources a trial gets, and where results go. Validation errors name the file,
 the YAML line, the field and what is allowed. The YAML is read with a ``yaml.SafeLoader``
-(the same safety as ``yaml.safe_load``); node marks give the line numbers.
+(the same safety as ``yaml.safe_load``) through ``bhsearch.safeload``, which refuses alias bombs; node
+marks give the line numbers.
 
 This module imports neither torch nor ray.
 """
@@ -329,7 +330,9 @@ def _line_map(text: str) -> dict[tuple, int]:
             for i, item in enumerate(node.value):
                 walk(item, path + (i,))
 
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    from bhsearch.safeload import compose_yaml
+
+    root = compose_yaml(text)  # refuses alias bombs before the walk below would expand them
     if root is not None:
         walk(root, ())
     return lines
@@ -385,10 +388,14 @@ def parse_study(data: Any, source: str = "<study>", lines: dict[tuple, int] | No
 
 
 def load_study(path: str | Path) -> Study:
-    """Read and validate a study YAML (or JSON) file."""
+    """Read and validate a study YAML (or JSON) file (``bhsearch.safeload``: alias bombs are refused)."""
     import yaml
 
+    from bhsearch.safeload import load_yaml
+
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, expected a study file")
     if not path.is_file():
         raise UsageError(f"{path}: no such study file")
     try:
@@ -397,7 +404,7 @@ def load_study(path: str | Path) -> Study:
         raise UsageError(f"{path}: cannot read: {exc}") from None
     try:
         lines = _line_map(text)
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -53,9 +53,9 @@ def _read_state(work: Path) -> dict[str, Any]:
 
 
 def _write_state(work: Path, state: dict[str, Any]) -> None:
-    tmp = work / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1, default=str))
-    os.replace(tmp, work / STATE_FILE)
+    from bhsearch.fileio import atomic_write_json
+
+    atomic_write_json(work / STATE_FILE, state, indent=1)
 
 
 def _restore_work(work: Path) -> bool:

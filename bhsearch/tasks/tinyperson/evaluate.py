@@ -184,6 +184,8 @@ def load_ground_truth(gt: dict | str | Path, skip_dense: bool = False) -> Ground
             raise DataError(f"{source}: images[{i}] has no 'id'")
         if isinstance(img["id"], bool) or not isinstance(img["id"], (int, str)):
             raise DataError(f"{source}: images[{i}]: 'id' must be an integer, got {_short(img['id'])}")
+        if img["id"] in all_ids:
+            raise DataError(f"{source}: images[{i}]: duplicate image id {img['id']!r}")
         all_ids.add(img["id"])
         if _truthy(img.get("in_dense_image")) or _truthy(img.get("dense")):
             dense.add(img["id"])
@@ -204,6 +206,8 @@ def load_ground_truth(gt: dict | str | Path, skip_dense: bool = False) -> Ground
             raise DataError(f"{where}: 'area' must be a number, got {_short(area)}") from None
         if not math.isfinite(area):
             raise DataError(f"{where}: 'area' is not finite")
+        if area < 0:
+            raise DataError(f"{where}: 'area' must not be negative, got {area:g}")
         crowd = _truthy(ann.get("iscrowd", 0))
         ignore_attr = _truthy(ann.get("ignore", 0)) or _truthy(ann.get("uncertain", 0))
         if _truthy(ann.get("in_dense_image", 0)):

@@ -2,8 +2,9 @@
 
 ``write_tinyperson``: a ``tiny_set/`` tree (JPEG/PNG + COCO JSON) of large sea/shore images with tiny
 person-like objects (TinyPerson's size distribution), look-alike distractors, ignore regions, uncertain
-boxes and a dense image. Distributions are documented in ``docs/datasets.md``. All drawing is vectorised
-numpy; everything is seeded and deterministic.
+boxes and a dense training image. Distributions are documented in ``docs/datasets.md``. All drawing is
+vectorised numpy; everything is seeded and deterministic; the tree is built in a staging folder and
+renamed into place (``bhsearch.data.synthetic.building``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from bhsearch.data.synthetic import building
 from bhsearch.errors import UsageError
 
 # --------------------------------------------------------------------------- TinyPerson-like detection
@@ -244,28 +246,31 @@ def _render_scene(rng: np.random.Generator, w: int, h: int, n_persons: int, dens
         person(float(s), uncertain=bool(rng.random() < 0.05))
     if not dense and rng.random() < 0.5:  # a crowd too packed to label one by one -> one ignore region
         cw, ch = rng.uniform(60, 140), rng.uniform(40, 90)
-        cx, cy = rng.uniform(0, w - cw), rng.uniform(0.1 * h, h - ch)
-        for _ in range(int(rng.integers(6, 14))):
-            s = float(rng.uniform(6, 12))
-            aspect = rng.uniform(2.0, 3.0)
-            bw, bh = s / math.sqrt(aspect), s * math.sqrt(aspect)
-            px, py = rng.uniform(cx, cx + cw - bw), rng.uniform(cy, cy + ch - bh)
-            _paint(img, px, py, bw, bh, _person_layers(rng, False))
-        placed.append((cx, cy, cw, ch))
-        anns.append(
-            {
-                "bbox": [round(cx, 2), round(cy, 2), round(cw, 2), round(ch, 2)],
-                "category_id": 1,
-                "iscrowd": 0,
-                "ignore": True,
-                "uncertain": False,
-                "logo": False,
-                "in_dense_image": dense,
-            }
-        )
+        if cw < w and ch < 0.9 * h:  # small images (--max-size near 64) may have no room for one
+            cx, cy = rng.uniform(0, w - cw), rng.uniform(0.1 * h, h - ch)
+            for _ in range(int(rng.integers(6, 14))):
+                s = float(rng.uniform(6, 12))
+                aspect = rng.uniform(2.0, 3.0)
+                bw, bh = s / math.sqrt(aspect), s * math.sqrt(aspect)
+                px, py = rng.uniform(cx, cx + cw - bw), rng.uniform(cy, cy + ch - bh)
+                _paint(img, px, py, bw, bh, _person_layers(rng, False))
+            placed.append((cx, cy, cw, ch))
+            anns.append(
+                {
+                    "bbox": [round(cx, 2), round(cy, 2), round(cw, 2), round(ch, 2)],
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "ignore": True,
+                    "uncertain": False,
+                    "logo": False,
+                    "in_dense_image": dense,
+                }
+            )
     n_distract = int(max(n_persons, 10) * rng.uniform(0.8, 1.5))
     for s in sample_person_sizes(rng, n_distract):
         s = float(s)
+        if 3 * s >= w or 2 * s >= 0.92 * h:
+            continue  # does not fit this (small) image
         x, y = rng.uniform(0, w - 3 * s), rng.uniform(0.08 * h, h - 2 * s)
         if x < 0 or y < 0 or _overlaps((x, y, 3 * s, 2 * s), placed):
             continue
@@ -284,6 +289,7 @@ def write_tinyperson(
     dense: bool = True,
     image_format: str = "jpg",
     corner: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a TinyPerson-like ``out_dir/tiny_set`` tree; ``min_size``/``max_size`` bound the image width.
 
@@ -293,18 +299,29 @@ def write_tinyperson(
     (each test image as 4 overlapping sub-images). With ``dense`` the first training image is dense
     (~4x the persons, every annotation ``in_dense_image``). Returns the written paths and size stats.
     """
-    from PIL import Image
-
-    from bhsearch.data.tiling import split_targets, tile_windows
-
     if image_format not in ("jpg", "png"):
         raise UsageError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     if not 64 <= min_size <= max_size:
         raise UsageError(f"need 64 <= min_size <= max_size, got {min_size}, {max_size}")
     if n_train < 0 or n_test < 0 or persons[0] < 0 or persons[1] < persons[0]:
         raise UsageError("image and person counts must be non-negative and persons given as (min, max)")
+    final = Path(out_dir) / "tiny_set"
+    with building(out_dir, ("tiny_set",), overwrite) as stage:
+        written = _write_tinyperson(
+            stage / "tiny_set", n_train, n_test, seed, min_size, max_size, persons, dense, image_format, corner
+        )
+    staged = str(stage / "tiny_set")
+    return {k: v.replace(staged, str(final), 1) if isinstance(v, str) else v for k, v in written.items()}
+
+
+def _write_tinyperson(
+    root: Path, n_train, n_test, seed, min_size, max_size, persons, dense, image_format, corner
+) -> dict[str, Any]:
+    from PIL import Image
+
+    from bhsearch.data.tiling import split_targets, tile_windows
+
     rng = np.random.default_rng(seed)
-    root = Path(out_dir) / "tiny_set"
     (root / "annotations" / "task").mkdir(parents=True, exist_ok=True)
     raw_categories = [
         {"id": 1, "name": "sea_person", "supercategory": "person"},
@@ -376,7 +393,8 @@ def _write_corner(task: dict[str, Any], root: Path, split_targets, tile_windows)
             [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in boxes],
             np.float64,
         ).reshape(-1, 4)
-        for win in tile_windows(w, h, ((w + 1) // 2 + 25, (h + 1) // 2 + 25), 50):
+        tile = ((w + 1) // 2 + 25, (h + 1) // 2 + 25)
+        for win in tile_windows(w, h, tile, min(50, min(tile) // 2)):  # 50 unless the image is tiny
             sub_id = len(images)
             images.append(
                 {

@@ -400,15 +400,21 @@ def evaluate_widerface(
 
 
 def write_prediction_folder(preds: Mapping[str, np.ndarray], folder: str | Path) -> Path:
-    """Write ``{"<event>/<name>": (N, 5) x, y, w, h, score}`` in the official text format."""
+    """Write ``{"<event>/<name>": (N, 5) x, y, w, h, score}`` in the official text format.
+
+    The event folders are staged and renamed in at the end (``bhsearch.fileio.atomic_entries``).
+    """
+    from bhsearch.fileio import atomic_entries
+
     folder = Path(folder)
-    for key, rows in preds.items():
-        event, name = key.split("/", 1)
-        path = folder / event / f"{name}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = np.asarray(rows, np.float64).reshape(-1, 5)
-        body = "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in rows)
-        path.write_text(f"{name}.jpg\n{len(rows)}\n{body}")
+    with atomic_entries(folder) as stage:
+        for key, rows in preds.items():
+            event, name = key.split("/", 1)
+            path = stage / event / f"{name}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rows = np.asarray(rows, np.float64).reshape(-1, 5)
+            body = "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in rows)
+            path.write_text(f"{name}.jpg\n{len(rows)}\n{body}")
     return folder
 
 

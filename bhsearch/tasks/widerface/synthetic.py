@@ -211,13 +211,13 @@ def write_widerface(
     face_range: tuple[float, float] = (4.0, 100.0),
     events: tuple[str, ...] = EVENTS[:4],
     min_height: dict[str, float] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic WiderFace tree into ``out_dir`` (see module doc); returns ``out_dir``.
 
     Images are ``width`` wide (the real set: 1024) and 0.6–1.3 times as tall; ``faces`` is the range of faces
     per image (the first image of each split has none); ``face_range`` the face heights in pixels.
     """
-    from PIL import Image
 
     if n_train < 1 or n_val < 1:
         raise UsageError(f"need at least one train and one val image, got {n_train} and {n_val}")
@@ -229,7 +229,17 @@ def write_widerface(
         raise UsageError(f"face_range must be a (min, max) height range in pixels, got {face_range}")
     if not events or any("--" not in e for e in events):
         raise UsageError("event names must look like '<number>--<Name>'")
-    out = Path(out_dir)
+    from bhsearch.data.synthetic import building
+
+    names = ("WIDER_train", "WIDER_val", "eval_tools", "wider_face_split")  # the split files are checked: last
+    with building(out_dir, names, overwrite) as stage:
+        _write_widerface(stage, n_train, n_val, seed, width, faces, face_range, events, min_height)
+    return Path(out_dir)
+
+
+def _write_widerface(out: Path, n_train, n_val, seed, width, faces, face_range, events, min_height) -> None:
+    from PIL import Image
+
     rng = np.random.default_rng(seed)
     split_dir = out / "wider_face_split"
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +270,6 @@ def write_widerface(
         _write_mats(split_dir, split, images, min_height)
         if split == "val":
             _write_mats(out / "eval_tools" / "ground_truth", split, images, min_height)
-    return out
 
 
 def val_keys(out_dir: str | Path) -> list[str]:
