@@ -14,7 +14,7 @@ from JSON only:
 * for ``search.algorithm: optuna`` the Optuna study in ``optuna.journal`` (``JournalStorage``, JSON
   lines; open it with ``optuna-dashboard optuna.journal``).
 
-Statuses: ``TERMINATED`` (completed, or stopped by ASHA: both are final), ``ERROR`` (retried on
+Statuses (Tune's words): ``TERMINATED`` (completed, or stopped by ASHA: both are final), ``ERROR`` (retried on
 resume), ``RUNNING`` / ``PENDING`` (the study was interrupted: ``unfinished``, continued on resume),
 ``RETRIED`` (an errored or unfinished trial whose folder moved to ``retried/`` when a resume took it
 up again).
@@ -87,12 +87,21 @@ def statuses(state: dict[str, Any]) -> dict[str, str]:
 
 
 def pending_rows(state: dict[str, Any]) -> list[dict[str, str]]:
-    """``{"trial_id", "spec_id"}`` of trials Tune created but never started (no trial folder)."""
-    return [
+    """``{"trial_id", "spec_id"}`` of trials that never started: those Tune created but did not start (no trial
+    folder), and the specs of a random/grid plan that no trial took yet (``trial_id`` ``planned-K``). An
+    optuna study's trials not asked for yet have no spec, so they have no row."""
+    rows = [
         {"trial_id": tid, "spec_id": t["spec_id"]}
         for tid, t in state["trials"].items()
         if t["status"] == "PENDING" and not t.get("started")
     ]
+    taken = {t["spec_id"] for t in state["trials"].values() if t["status"] != RETRIED}
+    waiting = list((state.get("plan") or {}).get("specs") or [])
+    waiting += [t["spec_id"] for t in state["trials"].values() if t["status"] == RETRIED]  # to run again
+    for k, spec_id in enumerate(dict.fromkeys(waiting)):
+        if spec_id not in taken:
+            rows.append({"trial_id": f"planned-{k}", "spec_id": spec_id})
+    return rows
 
 
 def _result_rows(path: Path) -> list[dict[str, Any]]:
