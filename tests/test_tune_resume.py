@@ -28,8 +28,8 @@ import pytest
 import yaml
 from _tune_helpers import write_study
 
-from bhsearch.errors import UsageError
-from bhsearch.tune.runner import StudyFailed, run_study
+from bhsearch.errors import DataError, UsageError
+from bhsearch.tune.runner import StudyFailed, check_data, run_study
 from bhsearch.tune.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,17 +69,25 @@ class _Evil:
 
 
 def plant_pickles(run_dir: Path, marker: Path) -> list[Path]:
-    """Overwrite every pickle-like file of ``run_dir`` with a malicious pickle and add a few more."""
+    """Overwrite every pickle-like file of ``run_dir`` with a malicious pickle and add a few more; returns the
+    pickles Tune itself had written."""
     payload = pickle.dumps(_Evil(marker))
-    planted = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".pkl", ".pickle", ".cloudpickle")]
+    written = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".pkl", ".pickle", ".cloudpickle")]
+    planted = list(written)
     planted += [run_dir / "tuner.pkl", run_dir / "searcher-state.pkl", run_dir / "evil.pickle"]
     planted += [d / "params.pkl" for d in run_dir.glob("trial_*")]
     planted += [d / "evil.pt" for d in run_dir.glob("trial_*")]  # a .pt no trainer wrote
     for path in set(planted):
         path.write_bytes(payload)
+    # Tune's JSON state embeds pickled trials and searcher state: resume must not need it at all
+    for path in [*run_dir.glob("experiment_state-*.json"), *run_dir.glob("basic-variant-state-*.json")]:
+        path.write_bytes(payload)
     with pytest.raises(FileNotFoundError):  # the marker does not exist yet, and unpickling would make it
         marker.stat()
-    return sorted(set(planted))
+    pickle.loads(payload)  # the payload works: unpickling it makes the marker
+    assert marker.is_file()
+    marker.unlink()
+    return sorted(written)
 
 
 def _state(run_dir: Path) -> dict:
@@ -130,22 +138,36 @@ def test_bad_stage_setting_and_data_fail_before_ray(synthetic_data, tmp_path):
         f"bhsearch tune: error: {path}:{_line_of(path, 'batch_size')}: stages.pretrain.batch_size: "
         "Input should be a valid integer, unable to parse string as an integer (got 'abc')"
     ]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "no-ray").exists()  # no run folder, no Ray
+    assert time.perf_counter() - t0 < 60
+    # the same checks in-process (run_study checks data before it imports Ray)
     study["stages"]["pretrain"]["batch_size"] = 64
     study["stages"]["pretrain"]["data"] = "cifar100:/nonexistent"
     path.write_text(yaml.safe_dump(study))
-    proc = _tune(str(path), cwd=tmp_path, RAY_TMPDIR=str(tmp_path / "no-ray"))
-    assert proc.returncode == 2, proc.stderr
-    assert _lines(proc.stderr) == [
-        "bhsearch tune: error: stages.pretrain.data: cifar100:/nonexistent: /nonexistent does not exist"
-    ]
+    with pytest.raises(DataError) as info:
+        run_study(load_study(path), verbose=0)
+    assert str(info.value) == "stages.pretrain.data: cifar100:/nonexistent: /nonexistent does not exist"
+    assert info.value.exit_code == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"^stages.pretrain.data: cifar100:.*empty: .*no cifar-100-python"):
+        check_data(load_study(path).model_copy(update={"stages": _stages(study, f"cifar100:{empty}")}))
     study["stages"]["pretrain"]["data"] = synthetic_data.cifar100_ref
     study["stages"]["finetune"] = {"data": synthetic_data.tinyperson_ref, "epochs": 1, "detector_kwargs": {"foo": 1}}
     path.write_text(yaml.safe_dump(study))
-    proc = _tune(str(path), cwd=tmp_path, RAY_TMPDIR=str(tmp_path / "no-ray"))
-    assert proc.returncode == 2 and len(_lines(proc.stderr)) == 1, proc.stderr
-    assert "stages.finetune: detector: bad option for faster_rcnn: foo" in proc.stderr
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "no-ray").exists()  # no run folder, no Ray
-    assert time.perf_counter() - t0 < 90
+    with pytest.raises(UsageError, match=r"stages.finetune: detector: bad option for faster_rcnn: foo \(allowed"):
+        load_study(path)
+    study["stages"]["finetune"] = {"data": synthetic_data.tinyperson_ref, "epochs": 1, "detector": "yolo"}
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(UsageError, match="stages.finetune: unknown detector 'yolo'; choose one of faster_rcnn"):
+        load_study(path)
+    assert not (tmp_path / "runs").exists()
+
+
+def _stages(study: dict, data: str):
+    from bhsearch.tune.study import StagesConfig
+
+    return StagesConfig.model_validate({"pretrain": {**study["stages"]["pretrain"], "data": data}})
 
 
 def _line_of(path: Path, key: str) -> int:
@@ -167,10 +189,14 @@ def test_truncated_run_folder_is_a_clear_error_on_resume(synthetic_data, tmp_pat
     (run_dir / "study.json").write_text(full)
     (run_dir / "candidates.json").write_text("[]")
     (run_dir / "tune_state.json").write_text('{"format": "bhsearch-tune-state", "trials": {"a": {"spec')
-    proc = _tune(str(path), "--resume", cwd=tmp_path)
-    assert proc.returncode == 2 and len(_lines(proc.stderr)) == 1, proc.stderr
-    assert "tune_state.json: the study's trial record is truncated or corrupt" in proc.stderr
-    assert "cannot resume from it" in proc.stderr
+    with pytest.raises(UsageError) as info:  # in-process: the same check, without another interpreter
+        run_study(load_study(path), resume=True, verbose=0)
+    message = str(info.value)
+    assert message.startswith(f"{run_dir / 'tune_state.json'}: the study's trial record is truncated or corrupt (")
+    assert message.endswith("; cannot resume from it") and "\n" not in message
+    (run_dir / "tune_state.json").write_text('{"format": "something-else", "trials": {}}')
+    with pytest.raises(UsageError, match="not a bhsearch trial record"):
+        run_study(load_study(path), resume=True, verbose=0)
 
 
 def test_unreachable_address_fails_fast(synthetic_data, tmp_path):
@@ -227,8 +253,8 @@ def test_errored_trial_is_retried_on_resume_without_unpickling(ray_session, synt
     kept = {t: r for t, r in csv.set_index("trial_id").iterrows() if r["status"] != "error"}
 
     marker = tmp_path / "PWNED"
-    planted = plant_pickles(run_dir, marker)
-    assert any(p.name == "tuner.pkl" for p in planted)
+    written = {p.name for p in plant_pickles(run_dir, marker)}
+    assert "tuner.pkl" in written and any(n.startswith("searcher-state") for n in written), written
     second = run_study(study, resume=True, verbose=0)  # the real trial: the failure is gone
     assert not marker.exists(), "resume unpickled a file of the run folder"
     csv = pd.read_csv(run_dir / "results.csv")
@@ -342,7 +368,7 @@ def test_sigint_exits_130_labels_unfinished_and_resume_finishes(synthetic_data, 
     ckpt_epochs = _checkpoint_epochs(run_dir / f"trial_{running}")
     (run_dir / f"trial_{running}" / "result.json").write_text("")
     marker = tmp_path / "PWNED"
-    plant_pickles(run_dir, marker)
+    assert "tuner.pkl" in {p.name for p in plant_pickles(run_dir, marker)}
 
     t0 = time.perf_counter()
     resumed = subprocess.run(
