@@ -241,20 +241,6 @@ def make_recorder(run_dir: Path, state: dict[str, Any], run_index: int):
     return StateRecorder()
 
 
-def mark_interrupted(run_dir: Path, state: dict[str, Any]) -> dict[str, int]:
-    """Label every open trial ``unfinished`` (kept as RUNNING/PENDING); the run's outcome is ``interrupted``."""
-    counts = {"completed_or_stopped": 0, "unfinished": 0, "error": 0}
-    for t in state["trials"].values():
-        if t["status"] == FINAL:
-            counts["completed_or_stopped"] += 1
-        elif t["status"] == ERROR:
-            counts["error"] += 1
-        elif t["status"] in OPEN:
-            counts["unfinished"] += 1
-    save_state(run_dir, state)
-    return counts
-
-
 __all__ = [
     "JOURNAL_FILE",
     "RESUME_FILE",
@@ -263,6 +249,7 @@ __all__ = [
     "load_state",
     "make_recorder",
     "new_state",
+    "pending_rows",
     "read_json",
     "resume_checkpoint",
     "save_state",
