@@ -389,7 +389,6 @@ def test_sigint_exits_130_labels_unfinished_and_resume_finishes(synthetic_data, 
     rows = [json.loads(ln) for ln in (run_dir / f"trial_{again['trial_id']}" / "result.json").read_text().splitlines()]
     assert [r["epochs_done"] for r in rows] == list(range(ckpt_epochs + 1, 5))  # continued from its checkpoint
     assert {r["attempt"] for r in rows} == {2}
-    assert {r["node_ip"] for r in rows} == {"127.0.0.1"}  # the local Ray's node address (ray.node_ip_address)
     assert "partial" not in json.loads((run_dir / "best_spec.json").read_text())
     print(f"\nSIGINT to exit: {stop_s:.1f} s; resume: {resume_s:.1f} s")
     shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -87,14 +87,10 @@ def statuses(state: dict[str, Any]) -> dict[str, str]:
 
 
 def pending_rows(state: dict[str, Any]) -> list[dict[str, str]]:
-    """``{"trial_id", "spec_id"}`` of trials that never started: those Tune created but did not start (no trial
-    folder), and the specs of a random/grid plan that no trial took yet (``trial_id`` ``planned-K``). An
+    """``{"trial_id", "spec_id"}`` of unfinished trials that may have no trial folder (``params.json``) yet: open
+    trials (the table keeps the folder's row where there is one), and the specs of a random/grid plan that no trial took yet (``trial_id`` ``planned-K``). An
     optuna study's trials not asked for yet have no spec, so they have no row."""
-    rows = [
-        {"trial_id": tid, "spec_id": t["spec_id"]}
-        for tid, t in state["trials"].items()
-        if t["status"] == "PENDING" and not t.get("started")
-    ]
+    rows = [{"trial_id": tid, "spec_id": t["spec_id"]} for tid, t in state["trials"].items() if t["status"] in OPEN]
     taken = {t["spec_id"] for t in state["trials"].values() if t["status"] != RETRIED}
     waiting = list((state.get("plan") or {}).get("specs") or [])
     waiting += [t["spec_id"] for t in state["trials"].values() if t["status"] == RETRIED]  # to run again
