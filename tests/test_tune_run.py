@@ -10,12 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from _tune_helpers import write_study
+from _tune_helpers import PRETRAIN, write_study
 
 from bhsearch.errors import UsageError
 from bhsearch.spec import get_spec
@@ -99,15 +100,38 @@ def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_da
     assert json.loads((outcome.run_dir / "best_spec.json").read_text())["id"] != paper_id
 
 
+def _ray_processes(temp_dir: str) -> list[int]:
+    """Processes whose command line names ``temp_dir`` (the session folder of the Ray a driver started)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if temp_dir in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+    return pids
+
+
 def test_resume_after_kill_loses_and_repeats_nothing(synthetic_data, tmp_path):
+    pretrain = {"data": synthetic_data.cifar100_ref, **PRETRAIN, "epochs": 3}  # the 2nd trial outlives the poll
     path = write_study(
-        tmp_path, synthetic_data, "killed", finetune=False, search={"max_concurrent": 1, "num_samples": 2}
+        tmp_path,
+        synthetic_data,
+        "killed",
+        finetune=False,
+        search={"max_concurrent": 1, "num_samples": 2},
+        stages={"pretrain": pretrain},
     )
     run_dir = tmp_path / "runs" / "killed"
+    ray_tmp = tempfile.mkdtemp(prefix="bhs", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     cmd = [sys.executable, "-m", "bhsearch", "tune", str(path), "--quiet"]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(
-            cmd, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=tmp_path,
+            env={**_env(), "RAY_TMPDIR": ray_tmp},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.time() + 240
@@ -120,8 +144,14 @@ def test_resume_after_kill_loses_and_repeats_nothing(synthetic_data, tmp_path):
             time.sleep(0.3)
         else:
             pytest.fail("no trial finished in time")
+        assert _ray_processes(ray_tmp), "the study's Ray should run under RAY_TMPDIR"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        # the local Ray (gcs_server, raylet, workers, agents) shares the driver's fate: none survives it
+        deadline = time.time() + 20
+        while _ray_processes(ray_tmp) and time.time() < deadline:
+            time.sleep(0.5)
+        assert _ray_processes(ray_tmp) == []
     finally:
         _kill_session(proc.pid)
     before = _trial_rows(run_dir)

@@ -12,8 +12,12 @@ FLOP-matched design space, searched with Optuna TPE (or random / grid) and prune
 Results go to STORAGE/NAME: results.csv, results.parquet, best_spec.json (then `bhsearch report`).
 
 Ray: a local Ray with this machine's resources by default (no dashboard unless --dashboard-host);
---address (or RAY_ADDRESS) joins an existing cluster. --resume continues an interrupted study
-(Ctrl-C or kill -9) without losing or repeating finished trials.
+--address (or RAY_ADDRESS) joins an existing cluster (given up after --connect-timeout seconds).
+--resume continues an interrupted study (Ctrl-C or kill -9) without losing or repeating finished
+trials; errored and unfinished trials run again. Resume reads only JSON, the Optuna journal and
+weights-only checkpoints, never a pickle from the run folder.
+
+Exit status: 0 done, 1 every trial failed, 2 bad input (checked before Ray starts), 130 interrupted.
 """
 
 
@@ -26,6 +30,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("study", metavar="STUDY.yaml", help="study file, e.g. studies/demo.yaml")
     p.add_argument("--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: RAY_ADDRESS, else local)")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="S",
+        help="seconds to wait for the cluster given by --address (default: BHSEARCH_RAY_CONNECT_TIMEOUT_S, else 30)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the interrupted study in STORAGE/NAME")
     p.add_argument("--storage", metavar="DIR", help="where run folders go (overrides the study's storage)")
     p.add_argument("--num-samples", type=int, metavar="N", help="number of trials (overrides search.num_samples)")
@@ -53,18 +63,25 @@ def run(args: argparse.Namespace) -> int:
     study = study.absolute()
 
     from bhsearch.report import build_report, print_report
-    from bhsearch.tune.runner import run_study
+    from bhsearch.tune.runner import StudyInterrupted, check_data, run_study
 
+    check_data(study)  # before Ray is even imported
     # with --json, stdout carries only the JSON report: Tune's own printing goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        outcome = run_study(
-            study,
-            address=args.address,
-            resume=args.resume,
-            num_samples=args.num_samples,
-            dashboard_host=args.dashboard_host,
-            verbose=0 if (args.quiet or args.json) else 1,
-        )
+        try:
+            outcome = run_study(
+                study,
+                address=args.address,
+                resume=args.resume,
+                num_samples=args.num_samples,
+                dashboard_host=args.dashboard_host,
+                verbose=0 if (args.quiet or args.json) else 1,
+                connect_timeout=args.connect_timeout,
+            )
+        except StudyInterrupted as exc:
+            again = f"bhsearch tune {args.study}" + (f" --storage {args.storage}" if args.storage else "")
+            print(f"bhsearch tune: {exc}: resume with `{again} --resume`", file=sys.stderr)
+            return exc.exit_code
         info = build_report(outcome.run_dir)
     info["wall_s"] = round(outcome.wall_s, 2)
     if args.json:

@@ -2,6 +2,7 @@
 
 * :mod:`bhsearch.tune.study` — the study file schema (pydantic): ``load_study``, ``Study``
 * :mod:`bhsearch.tune.runner` — ``run_study`` (Tuner, OptunaSearch/random/grid, ASHA, resume)
+* :mod:`bhsearch.tune.state` — the JSON trial record (``tune_state.json``) and the pickle-free resume plan
 * :mod:`bhsearch.tune.trial` — the trial: pre-train → fine-tune → evaluation, fidelity-aware score
 * :mod:`bhsearch.tune.results` — the tidy results table (CSV, Parquet) and ``best_spec.json``
 

@@ -1,7 +1,8 @@
 """The tidy results table of a study: one row per trial, written as CSV and Parquet.
 
 Built from the files Tune leaves in the run folder (``trial_*/params.json``, ``result.json``,
-``error.txt``), so it also works for an interrupted study and needs no running Ray.
+``error.txt``) and bhsearch's own trial record (``tune_state.json``: statuses, trials that never
+started), so it also works for an interrupted study and needs no running Ray. Only JSON is read.
 """
 
 from __future__ import annotations
@@ -124,9 +125,13 @@ def _spec_columns(spec_id: str, input_size: str, base_share: float) -> dict[str,
 def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One dict per trial folder of ``run_dir`` (see ``COLUMNS``)."""
     from bhsearch.cost import count
+    from bhsearch.tune import state as state_mod
     from bhsearch.tune.runner import load_pool
 
     run_dir = Path(run_dir)
+    record = _record(run_dir)
+    if statuses is None and record is not None:
+        statuses = state_mod.statuses(record)
     statuses = statuses or {}
     roles = {c.id: c.role for c in load_pool(run_dir)}
     base_share = bottom_heavy_share(count(study.base_spec(), study.input_size))
@@ -157,7 +162,41 @@ def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | Non
             "train_time_s": last.get("train_time_s"),
         }
         rows.append(row)
+    seen = {row["trial_id"] for row in rows}
+    for pending in state_mod.pending_rows(record) if record is not None else []:
+        if pending["trial_id"] in seen:
+            continue
+        rows.append(
+            {
+                "trial_id": pending["trial_id"],
+                "spec_id": pending["spec_id"],
+                "role": roles.get(pending["spec_id"], "candidate"),
+                **_spec_columns(pending["spec_id"], study.input_size, base_share),
+                "epochs": 0,
+                "max_epochs": study.max_epochs,
+                "status": "unfinished",
+            }
+        )
     return rows
+
+
+def _record(run_dir: Path) -> dict[str, Any] | None:
+    """``tune_state.json`` of ``run_dir`` (None when absent or unreadable: the table is still built)."""
+    from bhsearch.tune import state as state_mod
+
+    if not (run_dir / state_mod.STATE_FILE).is_file():
+        return None
+    try:
+        return state_mod.load_state(run_dir)
+    except UsageError:
+        return None
+
+
+def _partial(run_dir: Path) -> bool:
+    """True when the study's last run was interrupted (or is still running): its results are partial."""
+    record = _record(run_dir)
+    runs = record.get("runs") if record else None
+    return bool(runs) and runs[-1].get("outcome") != "complete"
 
 
 def results_table(rows: list[dict[str, Any]]):
@@ -193,6 +232,10 @@ def write_results(run_dir: str | Path, study: Any, statuses: dict[str, str] | No
     atomic_write(run_dir / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
     best_path = run_dir / "best_spec.json"
     done = df[df["status"] == "completed"]
+    partial: dict[str, Any] = {}
+    if _partial(run_dir):
+        counts = {str(k): int(v) for k, v in df["status"].value_counts().items()}
+        partial = {"partial": True, "counts": counts}  # an interrupted study: `bhsearch tune STUDY --resume`
     if len(done):
         best = done.iloc[0]
         save_spec(
@@ -204,6 +247,7 @@ def write_results(run_dir: str | Path, study: Any, statuses: dict[str, str] | No
             value=_plain(best[study.target_metric]),
             score=_plain(best["score"]),
             input_size=study.input_size,
+            **partial,
         )
     elif best_path.exists():
         best_path.unlink()

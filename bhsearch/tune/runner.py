@@ -9,8 +9,9 @@
 
 The base and the paper's bottom-heavy config are always evaluated first (``points_to_evaluate``
 for Optuna). A trial that fails is recorded with its error and the study goes on; a study that
-is interrupted (Ctrl-C, ``kill -9``) continues with ``resume=True`` from Tune's experiment state
-and the trials' last checkpoints.
+is interrupted (Ctrl-C, ``kill -9``) continues with ``resume=True``: a new Tuner in the same run
+folder, planned from bhsearch's own JSON record of the trials, the Optuna journal and the trials'
+weights-only checkpoints (``bhsearch.tune.state``). Tune's pickled state is never read.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bhsearch.errors import UsageError
+from bhsearch.errors import BhsearchError, UsageError
+from bhsearch.fileio import atomic_write_json
 from bhsearch.spec import HRNetSpec, ResNetSpec, Spec, get_spec
+from bhsearch.tune import state as state_mod
 from bhsearch.tune.study import Study
 
 CANDIDATES_FILE = "candidates.json"
@@ -138,34 +141,167 @@ class PoolSampler:
         return {"spec_id": self.pick(layout, genes)}
 
 
-def plan_search(study: Study, pool: list[Candidate]) -> tuple[Any, dict[str, Any], int]:
-    """``(search_alg, param_space, num_samples)`` for the study's search algorithm."""
-    from ray import tune
-
+def plan_specs(study: Study, pool: list[Candidate]) -> list[str] | None:
+    """The spec ids a ``random`` or ``grid`` study trains, in order (None for ``optuna``)."""
     refs = [c.id for c in pool if c.role != "candidate"]
     algorithm, n = study.search.algorithm, study.search.num_samples
     if algorithm == "grid":
-        return None, {"spec_id": tune.grid_search([c.id for c in pool])}, 1
+        return [c.id for c in pool]
     if algorithm == "random":
         rest = [c.id for c in pool if c.role == "candidate"]
         random.Random(study.search.seed).shuffle(rest)
-        chosen = refs + rest[: max(0, n - len(refs))]
-        return None, {"spec_id": tune.grid_search(chosen)}, 1
+        return refs + rest[: max(0, n - len(refs))]
+    return None
+
+
+def optuna_storage(path: str | Path):
+    """Optuna's journal storage (JSON lines, no pickles) in ``path``; ``optuna-dashboard PATH`` opens it."""
+    import optuna
+
+    try:
+        from optuna.storages.journal import JournalFileBackend as Backend  # optuna >= 4.0
+    except ImportError:  # pragma: no cover - optuna 3.x
+        from optuna.storages import JournalFileStorage as Backend
+    return optuna.storages.JournalStorage(Backend(str(path)))
+
+
+def close_stale_optuna_trials(storage: Any, study_name: str) -> int:
+    """Mark the trials an interrupted run left RUNNING or WAITING in the journal as FAIL (their specs are
+    queued again explicitly); returns how many."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    for t in stale:
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def plan_search(
+    study: Study,
+    pool: list[Candidate],
+    *,
+    storage: Any = None,
+    done: list[str] | tuple[str, ...] = (),
+    redo: list[str] | tuple[str, ...] = (),
+    specs: list[str] | None = None,
+) -> tuple[Any, dict[str, Any], int]:
+    """``(search_alg, param_space, num_samples)`` for the study's search algorithm.
+
+    For a resumed study ``done`` are the spec ids already final (never proposed again), ``redo`` those that
+    run again first (errored or unfinished trials) and ``specs`` the saved plan of a random/grid study;
+    ``storage`` is the Optuna storage that holds the study (``optuna_storage``). ``num_samples`` may be 0:
+    nothing left to run.
+    """
+    from ray import tune
+
+    algorithm, n = study.search.algorithm, study.search.num_samples
+    if algorithm in ("grid", "random"):
+        chosen = specs if specs is not None else plan_specs(study, pool)
+        remaining = [s for s in chosen if s not in set(done)]
+        return None, {"spec_id": tune.grid_search(remaining)}, 1 if remaining else 0
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    refs = [c.id for c in pool if c.role != "candidate"]
     sampler = PoolSampler(pool)
-    points = [sampler.params_of(r) for r in refs]
+    sampler.issued = list(done)
+    left = max(0, n - len(done))
+    first = list(dict.fromkeys([*redo, *(r for r in refs if r not in set(done))]))[:left]
+    points = [sampler.params_of(r) for r in first]
     tpe = optuna.samplers.TPESampler(seed=study.search.seed, n_startup_trials=min(10, max(2, n // 2)))
-    search = OptunaSearch(space=sampler, metric="score", mode="max", points_to_evaluate=points or None, sampler=tpe)
-    return search, {}, n
+    kwargs: dict[str, Any] = {"study_name": study.name, "storage": storage} if storage is not None else {}
+    search = OptunaSearch(
+        space=sampler, metric="score", mode="max", points_to_evaluate=points or None, sampler=tpe, **kwargs
+    )
+    return search, {}, left
 
 
 # --------------------------------------------------------------------------- Ray
 
 
-def connect_ray(study: Study, address: str | None = None, dashboard_host: str | None = None) -> bool:
-    """Connect to ``address`` (or ``RAY_ADDRESS``) or start a local Ray; True when we started it."""
+#: Seconds ``connect_ray`` waits for a Ray cluster given by address (``$BHSEARCH_RAY_CONNECT_TIMEOUT_S``).
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+
+
+def connect_timeout_s(value: float | None = None) -> float:
+    """``value``, else ``$BHSEARCH_RAY_CONNECT_TIMEOUT_S``, else 30 s."""
+    if value is None:
+        raw = os.environ.get("BHSEARCH_RAY_CONNECT_TIMEOUT_S")
+        if raw is None:
+            return DEFAULT_CONNECT_TIMEOUT_S
+        try:
+            value = float(raw)
+        except ValueError:
+            raise UsageError(f"BHSEARCH_RAY_CONNECT_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise UsageError(f"the Ray connect timeout must be positive, got {value}")
+    return float(value)
+
+
+def _probe_address(address: str, timeout: float) -> None:
+    """A plain TCP connect to ``HOST:PORT`` first: a refused or unreachable address fails in seconds
+    (``ray.init`` itself retries for many minutes)."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # let Ray judge an address of another shape
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=min(timeout, 10.0)).close()
+    except OSError as exc:
+        raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {exc.strerror or exc}") from None
+
+
+def _init_with_timeout(address: str, timeout: float) -> None:
+    """``ray.init(address=...)`` that gives up after ``timeout`` seconds (Ray blocks in C++ while it retries,
+    where no signal reaches Python, so the call runs in a helper thread)."""
+    import threading
+
+    import ray
+
+    box: dict[str, BaseException] = {}
+
+    def target() -> None:
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="bhsearch-ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise UsageError(
+            f"cannot connect to the Ray cluster at {address!r}: no answer within {timeout:g} s "
+            "(is it a Ray head's GCS port? --connect-timeout or BHSEARCH_RAY_CONNECT_TIMEOUT_S sets the wait)"
+        )
+    exc = box.get("error")
+    if isinstance(exc, (ConnectionError, RuntimeError, ValueError)):
+        raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
+    if exc is not None:
+        raise exc
+
+
+def connect_ray(
+    study: Study,
+    address: str | None = None,
+    dashboard_host: str | None = None,
+    connect_timeout: float | None = None,
+) -> bool:
+    """Connect to ``address`` (or ``RAY_ADDRESS``) or start a local Ray; True when we started it.
+
+    A cluster that does not answer within ``connect_timeout`` seconds (default 30) is a ``UsageError``.
+    A local Ray is started in-process (``ray.init``): its GCS and raylet share the driver's fate (Ray sets a
+    parent-death signal), so a ``kill -9`` of ``bhsearch tune`` takes them down; its node address is
+    ``ray.node_ip_address`` (127.0.0.1 by default).
+    """
     import ray
 
     if ray.is_initialized():
@@ -173,10 +309,9 @@ def connect_ray(study: Study, address: str | None = None, dashboard_host: str | 
     address = address or study.address or os.environ.get("RAY_ADDRESS")
     if address:
         _token_auth_if_available()
-        try:
-            ray.init(address=address, logging_level="WARNING")
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
+        timeout = connect_timeout_s(connect_timeout)
+        _probe_address(address, timeout)
+        _init_with_timeout(address, timeout)
         return True
     kwargs: dict[str, Any] = {
         "address": "local",  # always a new local instance, never one left by `ray start`
@@ -185,6 +320,7 @@ def connect_ray(study: Study, address: str | None = None, dashboard_host: str | 
         "object_store_memory": study.ray.object_store_memory,
         "include_dashboard": dashboard_host is not None,
         "logging_level": "WARNING",
+        "_node_ip_address": study.ray.node_ip_address,
     }
     if dashboard_host is not None:
         kwargs["dashboard_host"] = dashboard_host
@@ -247,9 +383,29 @@ def make_trainable(study: Study, trial_fn: Callable | None = None):
 
 
 def _tune_env() -> None:
-    # Snapshot the experiment state at every controller step so a kill -9 loses no finished trial.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # bhsearch keeps its own JSON record of the trials (bhsearch.tune.state) and never restores Tune's
+    # pickled experiment state, so Tune may snapshot that at its own pace.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C must reach us as KeyboardInterrupt: Tune's own handler ends the run quietly, labels running trials
+    # as terminated and returns as if the study had finished.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+
+class StudyInterrupted(BhsearchError):
+    """The study was interrupted (Ctrl-C); results so far are written and ``--resume`` continues (exit 130)."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir: Path, counts: dict[str, int]):
+        self.run_dir, self.counts = run_dir, counts
+        done = ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no trials yet"
+        super().__init__(f"interrupted ({done}; partial results in {run_dir})")
+
+
+class StudyFailed(BhsearchError):
+    """Every trial of the study failed (exit 1); the results table is written."""
+
+    exit_code = 1
 
 
 @dataclasses.dataclass
@@ -258,6 +414,111 @@ class StudyOutcome:
     table: Any  # pandas.DataFrame
     resumed: bool
     wall_s: float
+
+
+def has_study(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a study (ours, or Tune experiment state of an older bhsearch)."""
+    return run_dir.is_dir() and (
+        (run_dir / STUDY_FILE).exists()
+        or (run_dir / state_mod.STATE_FILE).exists()
+        or any(run_dir.glob("experiment_state-*.json"))
+    )
+
+
+def _saved_study(run_dir: Path, study: Study) -> Study:
+    """The study saved in ``run_dir/study.json`` (the study that was started), checked; errors are one line."""
+    from pydantic import ValidationError
+
+    saved = state_mod.read_json(run_dir / STUDY_FILE, "the resolved study")
+    if not isinstance(saved, dict):
+        raise UsageError(f"{run_dir / STUDY_FILE}: not a study (a JSON object expected); cannot resume from it")
+    if saved.get("name") != study.name:
+        raise UsageError(f"{run_dir}: holds study {saved.get('name')!r}, not {study.name!r}")
+    try:
+        return Study.model_validate({**saved, "storage": study.storage})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise UsageError(f"{run_dir / STUDY_FILE}: {field}: {first['msg']}; cannot resume from it") from None
+
+
+def _saved_pool(run_dir: Path) -> list[Candidate]:
+    rows = state_mod.read_json(run_dir / CANDIDATES_FILE, "the candidate pool")
+    try:
+        return [Candidate(get_spec(row["spec"]), row["role"]) for row in rows]
+    except (TypeError, KeyError, UsageError) as exc:
+        raise UsageError(
+            f"{run_dir / CANDIDATES_FILE}: malformed candidate pool ({exc}); cannot resume from it"
+        ) from None
+
+
+def _scheduler(study: Study, run_dir: Path, done: dict[str, dict[str, Any]]):
+    """ASHA over ``epochs_done`` (which a resumed trial continues, unlike Tune's ``training_iteration``), its
+    rungs seeded with the results of the trials that are already final; or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if study.scheduler.type != "asha":
+        return FIFOScheduler()
+    scheduler = ASHAScheduler(
+        time_attr="epochs_done",
+        max_t=study.max_epochs,
+        grace_period=min(study.scheduler.grace_period, study.max_epochs),
+        reduction_factor=study.scheduler.reduction_factor,
+    )
+    brackets = getattr(scheduler, "_brackets", None)
+    if done and brackets:
+        import types
+
+        for trial_id, entry in done.items():
+            shim = types.SimpleNamespace(trial_id=f"previous-{trial_id}")
+            for row in state_mod._result_rows(run_dir / entry.get("dir", f"trial_{trial_id}") / "result.json"):
+                if isinstance(row.get("epochs_done"), int) and isinstance(row.get("score"), (int, float)):
+                    brackets[0].on_result(shim, row["epochs_done"], float(row["score"]))
+    return scheduler
+
+
+def check_data(study: Study) -> None:
+    """Every stage's ``data`` resolves to a readable dataset (cheap checks of the readers; synthetic kinds are
+    generated later): a ``DataError`` naming the stage otherwise. Runs before Ray starts."""
+    from bhsearch.errors import DataError
+
+    for name in ("pretrain", "finetune"):
+        stage = getattr(study.stages, name)
+        if stage is None:
+            continue
+        kind, _, raw = stage.data.partition(":")
+        if kind.startswith("synthetic-"):
+            continue
+        path = Path(raw).expanduser()
+        try:
+            if not path.exists():
+                raise DataError(f"{path} does not exist")
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise DataError(f"{path} is not readable")
+            if kind == "cifar100":
+                from bhsearch.data.cifar import find_cifar_dir
+
+                root = find_cifar_dir(path)
+                for split in ("train", "test"):
+                    if not os.access(root / split, os.R_OK):
+                        raise DataError(f"{root / split}: missing or not readable")
+            elif kind == "imagenet32":
+                from bhsearch.data.imagenet32 import batch_files
+
+                batch_files(path, "train")
+                batch_files(path, "val")
+            elif kind == "tinyperson":
+                from bhsearch.data.registry import resolve_tinyperson
+
+                for item in resolve_tinyperson(path):
+                    if not os.access(item, os.R_OK):
+                        raise DataError(f"{item}: missing or not readable")
+            elif kind == "widerface":
+                from bhsearch.data.widerface import find_root
+
+                find_root(path)
+        except DataError as exc:
+            raise DataError(f"stages.{name}.data: {stage.data}: {exc}") from None
 
 
 def run_study(
@@ -269,68 +530,82 @@ def run_study(
     dashboard_host: str | None = None,
     verbose: int = 1,
     trial_fn: Callable | None = None,
+    connect_timeout: float | None = None,
 ) -> StudyOutcome:
     """Run (or resume) ``study`` and write ``results.csv``/``results.parquet``/``best_spec.json``.
 
     ``trial_fn(config, study=dict)`` replaces :func:`bhsearch.tune.trial.run_trial` (custom trials).
+    Ctrl-C raises :class:`StudyInterrupted` after the partial results are written; a study whose every
+    trial failed raises :class:`StudyFailed` after writing them. Resume reads only JSON, the Optuna journal
+    and weights-only checkpoints (``bhsearch.tune.state``), never Tune's pickles.
     """
     import time
 
     if address or study.address or os.environ.get("RAY_ADDRESS"):
         _token_auth_if_available()  # before Ray is imported: it reads RAY_AUTH_MODE once
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from bhsearch.tune.results import write_results
-
-    if num_samples is not None:
-        if num_samples < 1:
-            raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
-        study = study.model_copy(update={"search": study.search.model_copy(update={"num_samples": num_samples})})
+    if num_samples is not None and num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
     study = study.absolute()
     run_dir = study.run_dir
-    _tune_env()
     t0 = time.perf_counter()
-    can_restore = run_dir.is_dir() and tune.Tuner.can_restore(str(run_dir))
-    if resume and not can_restore:
+    exists = has_study(run_dir)
+    if resume and not exists:
         raise UsageError(f"{run_dir}: no study to resume there (run it without --resume first)")
-    if not resume and can_restore:
+    if not resume and exists:
         raise UsageError(
             f"{run_dir}: a study already ran there; pass --resume to continue it, or change name/--storage"
         )
-
     if resume:
-        saved = json.loads((run_dir / STUDY_FILE).read_text()) if (run_dir / STUDY_FILE).is_file() else None
-        if saved is not None and saved.get("name") != study.name:
-            raise UsageError(f"{run_dir}: holds study {saved.get('name')!r}, not {study.name!r}")
-        if saved is not None:  # continue exactly the study that was started, wherever it lives now
-            study = Study.model_validate({**saved, "storage": study.storage})
-        pool = []  # the searcher's state and candidates.json already hold it
+        study = _saved_study(run_dir, study)  # continue exactly the study that was started
+        if not (run_dir / state_mod.STATE_FILE).exists():
+            raise UsageError(
+                f"{run_dir}: no {state_mod.STATE_FILE} (a run folder of an older bhsearch, whose resume unpickled "
+                "Tune's state); start the study afresh under another name"
+            )
+        state = state_mod.load_state(run_dir)
+        pool = _saved_pool(run_dir)
     else:
+        state = None
         pool = candidate_pool(study)
-    started = connect_ray(study, address, dashboard_host)
+    if num_samples is not None:
+        study = study.model_copy(update={"search": study.search.model_copy(update={"num_samples": num_samples})})
+    check_data(study)  # before Ray: a missing dataset is one line, not a study of failed trials
+    _tune_env()
+    from ray import tune
+
+    from bhsearch.tune.results import write_results
+
+    started = False
+    interrupted = False
     try:
+        started = connect_ray(study, address, dashboard_host, connect_timeout)
         check_resources(study)
         prepare_data(study)
         trainable = make_trainable(study, trial_fn)
         if resume:
-            tuner = tune.Tuner.restore(
-                str(run_dir), trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
-            )
+            plan = state_mod.ResumePlan(run_dir, state, study.max_epochs)
+            state_mod.write_resume_checkpoints(run_dir, plan.checkpoints)
+            done, redo, specs = plan.done, plan.redo, state["plan"].get("specs")
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / STUDY_FILE).write_text(json.dumps(study.model_dump(), indent=2) + "\n")
+            atomic_write_json(run_dir / STUDY_FILE, study.model_dump())
             save_pool(run_dir, pool)
-            search, param_space, n = plan_search(study, pool)
-            if study.scheduler.type == "asha":
-                scheduler = ASHAScheduler(
-                    time_attr="training_iteration",
-                    max_t=study.max_epochs,
-                    grace_period=min(study.scheduler.grace_period, study.max_epochs),
-                    reduction_factor=study.scheduler.reduction_factor,
-                )
-            else:
-                scheduler = FIFOScheduler()
+            specs = plan_specs(study, pool)
+            state = state_mod.new_state(study.name, {"algorithm": study.search.algorithm, "specs": specs})
+            state_mod.write_resume_checkpoints(run_dir, {})
+            done, redo = {}, []
+        storage = None
+        if study.search.algorithm == "optuna":
+            storage = optuna_storage(run_dir / state_mod.JOURNAL_FILE)
+            close_stale_optuna_trials(storage, study.name)
+        search, param_space, n = plan_search(
+            study, pool, storage=storage, done=[t["spec_id"] for t in done.values()], redo=redo, specs=specs
+        )
+        run_index = len(state["runs"])
+        state["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "outcome": "running"})
+        state_mod.save_state(run_dir, state)
+        if n > 0:
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,
@@ -338,7 +613,7 @@ def run_study(
                     metric="score",
                     mode="max",
                     search_alg=search,
-                    scheduler=scheduler,
+                    scheduler=_scheduler(study, run_dir, done),
                     num_samples=n,
                     max_concurrent_trials=study.search.max_concurrent,
                     reuse_actors=study.search.reuse_actors,
@@ -349,11 +624,16 @@ def run_study(
                     storage_path=str(Path(study.storage).resolve()),
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=study.checkpoint_keep),
+                    callbacks=[state_mod.make_recorder(run_dir, state, run_index)],
                     verbose=verbose,
                 ),
             )
-        grid = tuner.fit()
-        statuses = _statuses(grid)
+            tuner.fit()
+        state["runs"][-1]["outcome"] = "complete"
+    except KeyboardInterrupt:
+        interrupted = True
+        if state is not None and state["runs"]:
+            state["runs"][-1]["outcome"] = "interrupted"
     finally:
         import shutil
 
@@ -364,21 +644,26 @@ def run_study(
             import ray
 
             ray.shutdown()
-    table = write_results(run_dir, study, statuses=statuses)
+        if state is not None and state["runs"] and run_dir.is_dir():
+            state["runs"][-1]["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            state_mod.save_state(run_dir, state)
+    if state is None or not (run_dir / STUDY_FILE).exists():
+        if interrupted:
+            raise StudyInterrupted(run_dir, {})
+        raise UsageError(f"{run_dir}: the study did not start")  # pragma: no cover - defensive
+    table = write_results(run_dir, study, statuses=state_mod.statuses(state))
+    counts = {str(k): int(v) for k, v in table["status"].value_counts().items()} if len(table) else {}
+    if interrupted:
+        raise StudyInterrupted(run_dir, counts)
+    if len(table) and (table["status"] == "error").all():
+        first = next((e for e in table["error"] if e), "unknown error")
+        raise StudyFailed(f"all {len(table)} trials failed; first error: {first}")
     return StudyOutcome(run_dir=run_dir, table=table, resumed=resume, wall_s=time.perf_counter() - t0)
-
-
-def _statuses(grid: Any) -> dict[str, str]:
-    """Tune's status of every trial (TERMINATED, ERROR, …) keyed by trial id, when available."""
-    try:
-        return {t.trial_id: t.status for t in grid._experiment_analysis.trials}
-    except AttributeError:
-        return {}
 
 
 def save_pool(run_dir: Path, pool: list[Candidate]) -> None:
     rows = [{"spec_id": c.id, "role": c.role, "spec": c.spec.to_dict()} for c in pool]
-    (run_dir / CANDIDATES_FILE).write_text(json.dumps(rows, indent=1) + "\n")
+    atomic_write_json(run_dir / CANDIDATES_FILE, rows, indent=1)
 
 
 def load_pool(run_dir: Path) -> list[Candidate]:

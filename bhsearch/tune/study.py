@@ -13,6 +13,7 @@ This module imports neither torch nor ray.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -165,6 +166,9 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(default=None, ge=1)
     num_gpus: int | None = Field(default=None, ge=0)
     object_store_memory: int | None = Field(default=None, ge=78643200)
+    #: the local node's address (what Ray advertises and where its Python servers listen); Ray 2.x's GCS and
+    #: raylet gRPC servers listen on every interface regardless (docs/tuning.md)
+    node_ip_address: str = "127.0.0.1"
 
 
 class Study(_Strict):
@@ -455,6 +459,87 @@ def check_stage_options(study: Study, source: str = "<study>", lines: dict[tuple
                 raise UsageError(
                     f"{where}: stages.{name}.{key}: unknown {name} setting ({cls}); allowed: data, {', '.join(fields)}"
                 )
+        if fields is None:
+            continue  # the training module is unavailable: names only
+        where = f"{source}:{lines[('stages', name)]}" if ("stages", name) in lines else source
+        config = stage_config(study, name, where=where, lines=lines, source=source)
+        if name == "finetune":
+            _check_detector(study, config, where)
+
+
+@functools.cache
+def _adapter(module: str, cls: str) -> Any:
+    import importlib
+
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(getattr(importlib.import_module(module), cls))
+
+
+def stage_config(
+    study: Study,
+    stage: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    where: str | None = None,
+    source: str = "<study>",
+    lines: dict[tuple, int] | None = None,
+) -> Any:
+    """The config dataclass of ``stage`` (``STAGE_TRAINERS``) built from the study's settings plus ``extra``,
+    type-checked by pydantic against the dataclass's annotations (``batch_size: abc`` is an error, ``"64"`` is
+    64) and by the dataclass's own checks. Errors are one ``UsageError`` line naming the setting."""
+    from pydantic import ValidationError
+
+    module, cls, _ = study.stage_trainer(stage)
+    options = {**getattr(study.stages, stage).options, **(extra or {})}
+    lines = lines or {}
+    where = where or source
+    try:
+        return _adapter(module, cls).validate_python(options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(str(p) for p in err["loc"])
+        field = f"stages.{stage}" + (f".{'.'.join(loc)}" if loc else "")
+        line = lines.get(("stages", stage, loc[0])) if loc else None
+        at = f"{source}:{line}" if line else where
+        msg = err["msg"].removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if loc and not isinstance(err.get("input"), dict) else ""
+        raise UsageError(f"{at}: {field}: {msg}{got}") from None
+    except (UsageError, TypeError) as exc:
+        raise UsageError(f"{where}: stages.{stage}: {exc}") from None
+
+
+def _check_detector(study: Study, config: Any, where: str) -> None:
+    """Build the fine-tuning detector of the base spec on PyTorch's ``meta`` device (no memory, ~0.1 s): unknown
+    ``detector_kwargs``, a bad ``min_level`` or ``fpn_channels`` fail here instead of in every trial."""
+    import torch
+
+    spec = study.base_spec()
+    try:
+        with torch.device("meta"):
+            if study.finetune_family == "widerface":
+                from bhsearch.widerface_detector import build_face_detector
+
+                build_face_detector(
+                    spec,
+                    image_size=(config.image_size, config.image_size),
+                    fpn_channels=config.fpn_channels,
+                    **config.detector_kwargs,
+                )
+            else:
+                from bhsearch.detectors import build_detector
+
+                build_detector(
+                    spec,
+                    config.detector,
+                    num_classes=1,
+                    image_size=config.tile,
+                    fpn_channels=config.fpn_channels,
+                    min_level=config.min_level,
+                    **config.detector_kwargs,
+                )
+    except (UsageError, TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: stages.finetune: detector: {str(exc).splitlines()[0]}") from None
 
 
 __all__ = [
@@ -466,6 +551,7 @@ __all__ = [
     "WIDERFACE_METRICS",
     "Study",
     "check_stage_options",
+    "stage_config",
     "data_family",
     "load_study",
     "parse_study",

@@ -58,16 +58,34 @@ def _write_state(work: Path, state: dict[str, Any]) -> None:
     atomic_write_json(work / STATE_FILE, state, indent=1)
 
 
-def _restore_work(work: Path) -> bool:
-    """Copy Tune's last checkpoint of this trial into ``work``; True when there was one."""
+def _restore_work(work: Path, run_dir: str | Path | None = None, spec_id: str | None = None) -> bool:
+    """Copy this trial's last checkpoint into ``work``; True when there was one.
+
+    Tune's own checkpoint of the trial comes first; else, in a resumed study, the checkpoint an interrupted
+    trial of the same spec left (``bhsearch.tune.state.resume_checkpoint``: a folder inside the run folder,
+    named in ``resume_checkpoints.json``). Only ``trial_state.json`` (JSON) and the trainers' weights-only
+    checkpoints are read from it.
+    """
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
+    if checkpoint is not None:
+        with checkpoint.as_directory() as src:
+            shutil.copytree(src, work, dirs_exist_ok=True)
+        return (work / STATE_FILE).is_file()
+    if run_dir is None or spec_id is None:
         return False
-    with checkpoint.as_directory() as src:
-        shutil.copytree(src, work, dirs_exist_ok=True)
-    return (work / STATE_FILE).is_file()
+    from bhsearch.tune.state import resume_checkpoint
+
+    src = resume_checkpoint(run_dir, spec_id)
+    if src is None:
+        return False
+    shutil.copytree(src, work, dirs_exist_ok=True)
+    if _read_state(work).get("spec_id") != spec_id:  # not this spec's: start afresh
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        return False
+    return True
 
 
 def work_root(run_dir: str | Path) -> Path:
@@ -105,18 +123,35 @@ def measure_forward_latency(spec: Any, study: Any) -> float | None:
 
 
 def stage_trainer(study: Any, stage: str, device: str | None = None) -> tuple[Any, Any]:
-    """``(run function, config)`` that train ``stage`` of ``study`` on its data (``STAGE_TRAINERS``)."""
+    """``(run function, config)`` that train ``stage`` of ``study`` on its data (``STAGE_TRAINERS``); the config is
+    validated as when the study was loaded (``bhsearch.tune.study.stage_config``)."""
     import importlib
 
-    module_name, config_name, run_name = study.stage_trainer(stage)
+    from bhsearch.tune.study import stage_config
+
+    module_name, _, run_name = study.stage_trainer(stage)
     module = importlib.import_module(module_name)
-    config_cls = getattr(module, config_name)
-    options = dict(getattr(study.stages, stage).options)
-    options.setdefault("progress", "off")
-    if device and "device" not in options:
-        options["device"] = device
-    config = config_cls.from_dict(options) if hasattr(config_cls, "from_dict") else config_cls(**options)
-    return getattr(module, run_name), config
+    extra: dict[str, Any] = {"progress": "off"}
+    if device and "device" not in getattr(study.stages, stage).options:
+        extra["device"] = device
+    return getattr(module, run_name), stage_config(study, stage, extra)
+
+
+def _result(state: dict[str, Any], spec_id: str, max_epochs: int, target: str) -> dict[str, Any]:
+    """The row reported to Tune after an epoch, from the trial's state."""
+    value = state.get("value", state["metrics"].get(target))
+    return {
+        **{k: v for k, v in state["metrics"].items() if v is not None},
+        "score": fidelity_score(value, state["epochs_done"], max_epochs),
+        "stage": state.get("stage"),
+        "stage_epoch": state.get("stage_epoch"),
+        "epochs_done": state["epochs_done"],
+        "max_epochs": max_epochs,
+        "spec_id": spec_id,
+        "latency_ms": state.get("latency_ms"),
+        "attempt": state.get("attempts", 1),
+        "train_time_s": state.get("train_time_s"),
+    }
 
 
 def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
@@ -129,11 +164,15 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     study_obj = Study.model_validate(study)
     spec = get_spec(config["spec_id"])
     context = tune.get_context()
-    work = trial_work_dir(context.get_storage().experiment_fs_path, context.get_trial_id())
-    restored = _restore_work(work)
+    run_dir = context.get_storage().experiment_fs_path
+    work = trial_work_dir(run_dir, context.get_trial_id())
+    restored = _restore_work(work, run_dir, spec.id)
     state = _read_state(work) if restored else {}
-    if state.get("complete"):
-        return  # finished before an interruption: nothing to repeat
+    max_epochs = study_obj.max_epochs
+    if state.get("complete"):  # finished before an interruption: report its result once, train nothing
+        tune.report(_result(state, spec.id, max_epochs, study_obj.target_metric), checkpoint=None)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     state.setdefault("spec_id", spec.id)
     state.setdefault("epochs_done", 0)
     state.setdefault("metrics", {})
@@ -149,7 +188,6 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
 
     if "latency_ms" not in state:
         state["latency_ms"] = measure_forward_latency(spec, study_obj)
-    max_epochs = study_obj.max_epochs
     target = study_obj.target_metric
     t_start = time.perf_counter() - state.get("train_time_s", 0.0)
 
@@ -170,20 +208,9 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
             state["stages_done"].append(stage)
         state["complete"] = state["epochs_done"] >= max_epochs
         state["train_time_s"] = time.perf_counter() - t_start
-        score = fidelity_score(value, state["epochs_done"], max_epochs)
+        state["value"] = value
         _write_state(work, state)
-        result = {
-            **{k: v for k, v in state["metrics"].items() if v is not None},
-            "score": score,
-            "stage": stage,
-            "stage_epoch": epoch,
-            "epochs_done": state["epochs_done"],
-            "max_epochs": max_epochs,
-            "spec_id": spec.id,
-            "latency_ms": state["latency_ms"],
-            "attempt": state["attempts"],
-            "train_time_s": state["train_time_s"],
-        }
+        result = _result(state, spec.id, max_epochs, target)
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     pre_dir = work / "pretrain"
