@@ -179,3 +179,61 @@ def test_finetune_on_synthetic_aitod_uses_its_evaluator(tmp_path):
     meta = json.loads((tmp_path / "run" / "spec.json").read_text())
     assert meta["run"]["benchmark"] == "aitod" and meta["run"]["category_ids"] == list(range(1, 9))
     assert meta["detector"]["num_classes"] == 8  # foreground classes (torchvision adds the background)
+
+
+def test_study_on_aitod_ranks_by_ap50_and_uses_the_tiled_trainer(tmp_path):
+    from bhsearch.train.finetune import FinetuneConfig, run_finetune
+    from bhsearch.tune.study import load_study
+    from bhsearch.tune.trial import stage_trainer
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: ai\nbase: resnet50\nwidth_mult: 0.0625\ninput_size: 800x800\n"
+        "stages:\n  finetune:\n    data: synthetic-aitod:data/ai\n    epochs: 1\n    tile: [256, 256]\n    overlap: 0\n"
+    )
+    study = load_study(path)
+    assert study.finetune_family == "aitod" and study.target_metric == "AP50"
+    run, config = stage_trainer(study, "finetune", "cpu")
+    assert run is run_finetune and isinstance(config, FinetuneConfig) and config.tile == (256, 256)
+
+
+@pytest.mark.ray
+def test_tiny_aitod_study_runs_through_ray(ray_session, tmp_path):
+    import pandas as pd
+    import yaml
+
+    from bhsearch.tune.runner import run_study
+    from bhsearch.tune.study import load_study
+
+    write_aitod(tmp_path / "ai", n_trainval=2, n_test=1, seed=0, image_size=256, objects=(15, 25))
+    study = {
+        "name": "ai-e2e",
+        "base": "resnet50",
+        "width_mult": 0.0625,
+        "input_size": "256x256",
+        "space": {"tolerance": 2.0, "options": {"top": 4}},
+        "search": {"algorithm": "random", "num_samples": 1, "seed": 0, "references": ["resnet50"]},
+        "scheduler": {"type": "fifo"},
+        "stages": {
+            "finetune": {
+                "data": f"aitod:{tmp_path / 'ai'}",
+                "epochs": 1,
+                "batch_size": 2,
+                "tile": [128, 128],
+                "overlap": 0,
+                "fpn_channels": 16,
+                "warmup_steps": 0,
+                "max_train_tiles": 4,
+                "max_eval_images": 1,
+            }
+        },
+        "resources": {"cpu": 1},
+        "latency": {"input_size": "64x64", "warmup": 0, "reps": 1},
+        "storage": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "ai.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    outcome = run_study(load_study(path), verbose=0)
+    csv = pd.read_csv(outcome.run_dir / "results.csv")
+    assert csv["status"].tolist() == ["completed"], csv[["status", "error"]]
+    assert all(0 <= csv.iloc[0][k] <= 100 for k in ("AP50", "AP", "AP_vt"))

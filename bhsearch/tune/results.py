@@ -41,6 +41,13 @@ COLUMNS = [
     "AP_easy",
     "AP_medium",
     "AP_hard",
+    "AP50",
+    "AP",
+    "AP75",
+    "AP_vt",
+    "AP_t",
+    "AP_s",
+    "AP_m",
     "score",
     "epochs",
     "max_epochs",
@@ -48,8 +55,8 @@ COLUMNS = [
     "error",
     "train_time_s",
 ]
-#: ``top1`` and every metric a study may rank by (``bhsearch.tune.study.DETECTION_METRICS``), TinyPerson's and
-#: WiderFace's; a study fills those of its fine-tuning data.
+#: ``top1`` and every metric a study may rank by (``bhsearch.tune.study.DETECTION_METRICS``), TinyPerson's,
+#: WiderFace's and AI-TOD's; a study fills those of its fine-tuning data.
 METRIC_COLUMNS = ("top1", *(c for c in COLUMNS if c.startswith("AP")))
 STATUS_ORDER = {"completed": 0, "stopped": 1, "unfinished": 2, "error": 3}
 

@@ -514,7 +514,7 @@ def check_data(study: Study) -> None:
                     if not os.access(item, os.R_OK):
                         raise DataError(f"{item}: missing or not readable")
             elif kind == "widerface":
-                from bhsearch.data.widerface import find_root
+                from bhsearch.tasks.widerface.reader import find_root
 
                 find_root(path)
         except DataError as exc:

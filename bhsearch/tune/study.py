@@ -25,7 +25,8 @@ from bhsearch.errors import UsageError
 #: Metrics a study may rank by; all are percentages where higher is better.
 TINYPERSON_METRICS = ("AP50_tiny", "AP50_tiny1", "AP50_tiny2", "AP50_tiny3", "AP50_small", "AP25_tiny", "AP75_tiny")
 WIDERFACE_METRICS = ("AP_easy", "AP_medium", "AP_hard")
-DETECTION_METRICS = TINYPERSON_METRICS + WIDERFACE_METRICS
+AITOD_METRICS = ("AP50", "AP", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m")
+DETECTION_METRICS = TINYPERSON_METRICS + WIDERFACE_METRICS + AITOD_METRICS
 PROXY_METRICS = ("top1", "top5")
 
 #: Paper bottom-heavy counterparts of the named bases (reference points of every study).
@@ -37,10 +38,12 @@ _DATA_KINDS = (
     "imagenet32",
     "tinyperson",
     "widerface",
+    "aitod",
     "synthetic-cifar100",
     "synthetic-imagenet32",
     "synthetic-tinyperson",
     "synthetic-widerface",
+    "synthetic-aitod",
 )
 #: Dataset family of each data kind (the ``synthetic-`` variants read like the real ones).
 DATA_FAMILIES = {
@@ -48,6 +51,7 @@ DATA_FAMILIES = {
     "imagenet32": "classification",
     "tinyperson": "tinyperson",
     "widerface": "widerface",
+    "aitod": "aitod",
 }
 
 #: ``(stage, data family) -> (module, config dataclass, run function)``: what trains a stage on its data.
@@ -56,14 +60,15 @@ STAGE_TRAINERS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("pretrain", "classification"): ("bhsearch.train.pretrain", "PretrainConfig", "run_pretrain"),
     ("finetune", "tinyperson"): ("bhsearch.train.finetune", "FinetuneConfig", "run_finetune"),
     ("finetune", "widerface"): ("bhsearch.train.finetune_widerface", "WiderFaceConfig", "run_finetune_widerface"),
+    ("finetune", "aitod"): ("bhsearch.train.finetune", "FinetuneConfig", "run_finetune"),
 }
 #: The default metric and the metrics a study may rank by, per fine-tuning data family.
-FAMILY_METRICS = {"tinyperson": TINYPERSON_METRICS, "widerface": WIDERFACE_METRICS}
-DEFAULT_METRIC = {"tinyperson": "AP50_tiny", "widerface": "AP_hard"}
+FAMILY_METRICS = {"tinyperson": TINYPERSON_METRICS, "widerface": WIDERFACE_METRICS, "aitod": AITOD_METRICS}
+DEFAULT_METRIC = {"tinyperson": "AP50_tiny", "widerface": "AP_hard", "aitod": "AP50"}
 
 
 def data_family(ref: str) -> str:
-    """``classification``, ``tinyperson`` or ``widerface`` for a ``KIND:PATH`` reference."""
+    """``classification``, ``tinyperson``, ``aitod`` or ``widerface`` for a ``KIND:PATH`` reference."""
     return DATA_FAMILIES[ref.partition(":")[0].removeprefix("synthetic-")]
 
 
@@ -509,6 +514,12 @@ def stage_config(
         raise UsageError(f"{where}: stages.{stage}: {exc}") from None
 
 
+def _num_classes(family: str | None) -> int:
+    from bhsearch.tasks import get_benchmark
+
+    return get_benchmark(family).num_classes if family in ("tinyperson", "aitod") else 1
+
+
 def _check_detector(study: Study, config: Any, where: str) -> None:
     """Build the fine-tuning detector of the base spec on PyTorch's ``meta`` device (no memory, ~0.1 s): unknown
     ``detector_kwargs``, a bad ``min_level`` or ``fpn_channels`` fail here instead of in every trial."""
@@ -518,7 +529,7 @@ def _check_detector(study: Study, config: Any, where: str) -> None:
     try:
         with torch.device("meta"):
             if study.finetune_family == "widerface":
-                from bhsearch.widerface_detector import build_face_detector
+                from bhsearch.tasks.widerface.detector import build_face_detector
 
                 build_face_detector(
                     spec,
@@ -532,7 +543,7 @@ def _check_detector(study: Study, config: Any, where: str) -> None:
                 build_detector(
                     spec,
                     config.detector,
-                    num_classes=1,
+                    num_classes=_num_classes(study.finetune_family),
                     image_size=config.tile,
                     fpn_channels=config.fpn_channels,
                     min_level=config.min_level,
