@@ -237,3 +237,15 @@ def test_tiny_aitod_study_runs_through_ray(ray_session, tmp_path):
     csv = pd.read_csv(outcome.run_dir / "results.csv")
     assert csv["status"].tolist() == ["completed"], csv[["status", "error"]]
     assert all(0 <= csv.iloc[0][k] <= 100 for k in ("AP50", "AP", "AP_vt"))
+
+
+def test_cli_synth_aitod_refuses_to_overwrite(tmp_path):
+    run = [sys.executable, "-m", "bhsearch", "data", "synth-aitod", str(tmp_path), "--train", "1", "--test", "1",
+           "--image-size", "96", "--objects", "3", "5"]
+    first = subprocess.run([*run, "--json"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["root"] == str(tmp_path / "AI-TOD")
+    assert read_aitod(tmp_path, "test").summary()["images"] == 1
+    again = subprocess.run(run, capture_output=True, text=True)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert subprocess.run([*run, "--overwrite"], capture_output=True, text=True).returncode == 0

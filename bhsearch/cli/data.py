@@ -11,13 +11,14 @@ DESCRIPTION = """\
 Datasets in their real on-disk formats.
 
   synth-tinyperson OUT   write a TinyPerson-like tiny_set/ tree (JPEG + COCO JSON) into OUT
+  synth-aitod OUT        write an AI-TOD-like AI-TOD/ tree (PNG + COCO JSON, 8 classes) into OUT
   synth-cifar100 OUT     write cifar-100-python/{train,test,meta} into OUT
   synth-imagenet32 OUT   write ImageNet32 batches (Imagenet32_train/, Imagenet32_val/) into OUT
   stats KIND:PATH        counts and the object-size histogram (size = sqrt(w*h) in pixels)
   tiles KIND:PATH        how many training/test tiles, boxes kept/dropped by the 0.7 rule
 
-KIND is one of cifar100, imagenet32, tinyperson, synthetic-cifar100, synthetic-imagenet32,
-synthetic-tinyperson (synthetic-* generate a small set into PATH if it is absent).
+KIND is one of cifar100, imagenet32, tinyperson, aitod, synthetic-cifar100, synthetic-imagenet32,
+synthetic-tinyperson, synthetic-aitod (synthetic-* generate a small set into PATH if it is absent).
 """
 
 SIZE_BINS = (0, 8, 12, 20, 32, 64, float("inf"))
@@ -56,6 +57,24 @@ def register(subparsers) -> None:
     tp.add_argument("--overwrite", action="store_true", help="replace an existing OUT/tiny_set")
     tp.add_argument("--json", action="store_true", help="print the written paths and stats as JSON")
     tp.set_defaults(func=run)
+
+    a = sub.add_parser(
+        "synth-aitod",
+        help="write a synthetic AI-TOD-format set",
+        description="Write OUT/AI-TOD/annotations/aitod_{trainval,test}_v1.json and OUT/AI-TOD/{trainval,test}/images "
+        "(8 classes, objects of mean size ~12 px, like AI-TOD's 12.8).",
+    )
+    a.add_argument("out", metavar="OUT")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--train", type=int, default=6, metavar="N", help="trainval images (default 6)")
+    a.add_argument("--test", type=int, default=3, metavar="N", help="test images (default 3)")
+    a.add_argument("--image-size", type=int, default=800, help="image side in pixels (default 800, as AI-TOD)")
+    a.add_argument(
+        "--objects", type=int, nargs=2, default=(20, 60), metavar=("MIN", "MAX"), help="objects per image (20 60)"
+    )
+    a.add_argument("--overwrite", action="store_true", help="replace an existing OUT/AI-TOD")
+    a.add_argument("--json", action="store_true", help="print the written path and stats as JSON")
+    a.set_defaults(func=run)
 
     c = sub.add_parser(
         "synth-cifar100",
@@ -179,6 +198,19 @@ def run(args) -> int:
             overwrite=args.overwrite,
         )
         _print({**{k: v for k, v in res.items() if k != "stats"}, **res["stats"]}, args.json, "synthetic TinyPerson")
+    elif cmd == "synth-aitod":
+        from bhsearch.tasks.aitod.synthetic import write_aitod
+
+        res = write_aitod(
+            args.out,
+            n_trainval=args.train,
+            n_test=args.test,
+            seed=args.seed,
+            image_size=args.image_size,
+            objects=tuple(args.objects),
+            overwrite=args.overwrite,
+        )
+        _print(res, args.json, "synthetic AI-TOD")
     elif cmd == "synth-cifar100":
         from bhsearch.data.synthetic import write_cifar100
 

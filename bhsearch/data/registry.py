@@ -65,7 +65,7 @@ def ensure_synthetic(kind: str, path: Path) -> Path:
         if not (path / "AI-TOD" / "annotations" / "aitod_test_v1.json").is_file():
             from bhsearch.tasks.aitod.synthetic import write_aitod
 
-            write_aitod(path, **params)
+            write_aitod(path, **params, overwrite=True)
     elif not (path / "tiny_set" / "annotations" / "task" / "tiny_set_test_all.json").is_file():
         write_tinyperson(path, **params, overwrite=True)
     return path

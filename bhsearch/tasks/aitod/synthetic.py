@@ -20,23 +20,26 @@ def write_aitod(
     seed: int = 0,
     image_size: int = 800,
     objects: tuple[int, int] = (20, 60),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic ``out_dir/AI-TOD`` tree in the release layout; returns paths and size stats.
 
     Objects of the 8 classes are drawn as textured rectangles whose sizes follow a log-normal law
-    with mean ≈ 12.8 px (AI-TOD's), on a noisy background; ~1 % are ``iscrowd``.
+    with mean ≈ 12.8 px (AI-TOD's), on a noisy background; ~1 % are ``iscrowd``. The tree is built in a staging
+    folder and renamed in; an existing ``AI-TOD`` folder is replaced only with ``overwrite``.
     """
     from PIL import Image
 
-    from bhsearch.fileio import atomic_dir, atomic_write_json
+    from bhsearch.data.synthetic import building
+    from bhsearch.fileio import atomic_write_json
 
     if n_trainval < 0 or n_test < 0 or objects[0] < 0 or objects[1] < objects[0] or image_size < 64:
         raise UsageError("need non-negative image counts, objects given as (min, max), image_size >= 64")
     rng = np.random.default_rng(seed)
     categories = [{"id": k, "name": name} for k, name in enumerate(AITOD_CLASSES, 1)]
-    out = Path(out_dir) / "AI-TOD"
     sizes_all: list[float] = []
-    with atomic_dir(out) as tmp:
+    with building(out_dir, ("AI-TOD",), overwrite) as stage:
+        tmp = stage / "AI-TOD"
         for split, n in (("trainval", n_trainval), ("test", n_test)):
             (tmp / split / "images").mkdir(parents=True)
             images, anns = [], []
@@ -76,7 +79,7 @@ def write_aitod(
             )
     s = np.asarray(sizes_all)
     return {
-        "root": str(out),
+        "root": str(Path(out_dir) / "AI-TOD"),
         "objects": int(s.size),
         "size_mean": float(s.mean()) if s.size else 0.0,
         "frac_lt_16": float((s < 16).mean()) if s.size else 0.0,
