@@ -99,3 +99,30 @@ def test_fidelity_score():
     # a trial stopped earlier ranks below every trial that got further, whatever its raw value
     assert fidelity_score(100.0, 3, 4) < fidelity_score(0.0, 4, 4)
     assert fidelity_score(99.0, 1, 4) < fidelity_score(1.0, 2, 4)
+
+
+def _prefiltered(**prefilter):
+    data = study().model_dump()
+    data["prefilter"] = prefilter
+    return parse_study(data)
+
+
+def test_prefilter_keeps_the_best_scored_candidates():
+    from bhsearch import count
+    from bhsearch.tune.runner import solver_candidates
+
+    full = solver_candidates(study())
+    kept = solver_candidates(_prefiltered(score="params", keep=4))
+    expected = sorted(full, key=lambda s: -count(s, "640x512").params)[:4]
+    assert len(full) > 4 and [s.id for s in kept] == [s.id for s in expected]
+    zen = solver_candidates(_prefiltered(score="zen", keep=2, width_mult=0.5))
+    assert len(zen) == 2 and zen == solver_candidates(_prefiltered(score="zen", keep=2, width_mult=0.5))
+    pool = candidate_pool(_prefiltered(score="params", keep=4))
+    assert [c.role for c in pool][:1] == ["base"] and len(pool) <= 6  # references stay in front
+
+
+def test_prefilter_score_is_checked():
+    from bhsearch.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown score 'jacov'"):
+        _prefiltered(score="jacov", keep=3)

@@ -64,8 +64,22 @@ def solver_candidates(study: Study) -> list[Spec]:
         result = solver.solve(study.base_spec(), study.input_size, **kwargs)
     except TypeError as exc:
         raise UsageError(f"space.options: the solver refused an option: {exc}") from None
-    rows = getattr(result, "candidates", result)
-    return [row.spec for row in rows]
+    specs = [row.spec for row in getattr(result, "candidates", result)]
+    return prefilter(study, specs) if study.prefilter is not None else specs
+
+
+def prefilter(study: Study, specs: list[Spec]) -> list[Spec]:
+    """The ``study.prefilter.keep`` specs of best training-free score at the study's input size
+    (ties keep the solver's order)."""
+    from bhsearch.scores.candidates import score_specs
+
+    cfg = study.prefilter
+    rows = score_specs(
+        specs, [cfg.score], [study.input_size], width_mult=cfg.width_mult, batch=cfg.batch, seed=cfg.seed
+    )
+    key = next(k for k in rows[0] if k == cfg.score or k.startswith(f"{cfg.score}@")) if rows else cfg.score
+    order = sorted(range(len(specs)), key=lambda i: -rows[i][key])
+    return [specs[i] for i in order[: cfg.keep]]
 
 
 def candidate_pool(study: Study, solved: list[Spec] | None = None) -> list[Candidate]:

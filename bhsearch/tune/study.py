@@ -85,6 +85,26 @@ class SpaceConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class PrefilterConfig(_Strict):
+    """Keep the ``keep`` solver candidates of best training-free ``score`` before any trial starts
+    (``bhsearch score``: zen, synflow, naswot, gradnorm, or params / flops / activations / bh_share)."""
+
+    score: str
+    keep: int = Field(ge=1)
+    width_mult: float = Field(default=1.0, gt=0, le=4)  # relative to the study's (width-scaled) specs
+    batch: int = Field(default=2, ge=2)
+    seed: int = 0
+
+    @field_validator("score")
+    @classmethod
+    def _score(cls, value: str) -> str:
+        from bhsearch.scores import ALL_SCORES
+
+        if value not in ALL_SCORES:
+            raise ValueError(f"unknown score {value!r}; choose one of {', '.join(ALL_SCORES)}")
+        return value
+
+
 class SearchConfig(_Strict):
     """How candidates are proposed."""
 
@@ -184,6 +204,7 @@ class Study(_Strict):
     input_size: str = "640x512"
     width_mult: float = Field(default=1.0, gt=0, le=4)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
+    prefilter: PrefilterConfig | None = None
     search: SearchConfig = Field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     stages: StagesConfig
