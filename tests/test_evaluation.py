@@ -130,7 +130,7 @@ def reference_loops(gt: dict, dets: list, max_dets: int, iod_rule: str, protocol
                         if m > -1 and not ig[m] and ig[k]:
                             break
                         inter, iou = inter_iou(d["bbox"], gts[k]["bbox"])
-                        value = inter / darea if crowd else iou
+                        value = (inter / darea if darea > 0 else 0.0) if crowd else iou
                         if value < best:
                             continue
                         best, m = value, k

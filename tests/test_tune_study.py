@@ -144,3 +144,10 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "search.algorithm" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_booleans_are_not_numbers(tmp_path):
+    assert "num_samples must be a number, got true" in error_of(
+        tmp_path, VALID.replace("num_samples: 3", "num_samples: true")
+    )
+    assert "width_mult must be a number" in error_of(tmp_path, VALID.replace("width_mult: 0.125", "width_mult: yes"))

@@ -72,8 +72,21 @@ def data_family(ref: str) -> str:
     return DATA_FAMILIES[ref.partition(":")[0].removeprefix("synthetic-")]
 
 
+_NUMBER_TYPES = (int, float, int | None, float | None)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """YAML ``true`` where a number belongs is an error (pydantic would read it as 1)."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and field.annotation in _NUMBER_TYPES:
+                    raise ValueError(f"{name} must be a number, got {str(data[name]).lower()}")
+        return data
 
 
 class SpaceConfig(_Strict):

@@ -199,13 +199,7 @@ def load_ground_truth(gt: dict | str | Path, skip_dense: bool = False) -> Ground
         if not isinstance(ann["image_id"], (int, str)) or ann["image_id"] not in all_ids:
             raise DataError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
         box = _check_box(ann.get("bbox"), where)
-        area = ann.get("area", box[2] * box[3])
-        try:
-            area = float(area)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: 'area' must be a number, got {_short(area)}") from None
-        if not math.isfinite(area):
-            raise DataError(f"{where}: 'area' is not finite")
+        area = _number(ann.get("area", box[2] * box[3]), where, "area")
         if area < 0:
             raise DataError(f"{where}: 'area' must not be negative, got {area:g}")
         crowd = _truthy(ann.get("iscrowd", 0))
