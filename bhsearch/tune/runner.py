@@ -522,11 +522,18 @@ def check_data(study: Study) -> None:
                 batch_files(path, "train")
                 batch_files(path, "val")
             elif kind == "tinyperson":
-                from bhsearch.data.registry import resolve_tinyperson
+                from bhsearch.tasks.tinyperson.reader import resolve_tinyperson
 
                 for item in resolve_tinyperson(path):
                     if not os.access(item, os.R_OK):
                         raise DataError(f"{item}: missing or not readable")
+            elif kind == "aitod":
+                from bhsearch.tasks.aitod.reader import resolve_aitod
+
+                for split in ("trainval", "test"):
+                    for item in resolve_aitod(path, split):
+                        if not os.access(item, os.R_OK):
+                            raise DataError(f"{item}: missing or not readable")
             elif kind == "widerface":
                 from bhsearch.tasks.widerface.reader import find_root
 
