@@ -71,6 +71,8 @@ _RESERVED = {
     "anchor_generator",
     "rpn_anchor_generator",
     "box_roi_pool",
+    "box_head",
+    "box_predictor",
 }
 
 # Per-detector defaults that differ from torchvision's (all can be overridden by keyword).
@@ -192,6 +194,7 @@ def build_detector(
     image_mean: Sequence[float] = IMAGENET_MEAN,
     image_std: Sequence[float] = IMAGENET_STD,
     resize: str = "native",
+    representation_size: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """A torchvision ``FasterRCNN`` / ``RetinaNet`` / ``FCOS`` on the backbone of ``spec``.
@@ -200,6 +203,8 @@ def build_detector(
     ``(width, height)`` or ``"640x512"``. ``backbone`` is an already built trunk (e.g. with loaded
     weights) to use instead of ``build_backbone(spec, norm=norm)``. Other keyword arguments go to
     the torchvision constructor (e.g. ``rpn_batch_size_per_image``, ``topk_candidates``).
+    ``representation_size`` (Faster R-CNN only) is the width of the two-layer box head, torchvision's
+    ``TwoMLPHead`` (1024 when None); on a CPU that head, not the backbone, dominates a small detector's cost.
     The result carries ``model.spec`` and the settings returned by :func:`detector_settings`.
     """
     spec = get_spec(spec)
@@ -215,6 +220,12 @@ def build_detector(
         raise UsageError(f"min_level must be an integer from 2 to {1 + n_stages} for {spec}, got {min_level!r}")
     if not isinstance(fpn_channels, int) or fpn_channels < 1:
         raise UsageError(f"fpn_channels must be a positive integer, got {fpn_channels!r}")
+    if representation_size is not None and (
+        detector != "faster_rcnn" or not isinstance(representation_size, int) or representation_size < 1
+    ):
+        raise UsageError(
+            f"representation_size must be a positive integer, for faster_rcnn only, got {representation_size!r}"
+        )
     if detector == "fcos" and fpn_channels % 32:
         raise UsageError(f"fcos needs fpn_channels divisible by 32 (its head uses GroupNorm(32)), got {fpn_channels}")
     ratios = tuple(float(r) for r in (aspect_ratios or DEFAULT_ASPECT_RATIOS))
@@ -245,7 +256,15 @@ def build_detector(
     }
     if detector == "faster_rcnn":
         pooler = MultiScaleRoIAlign([str(i) for i in range(len(in_channels_list))], 7, 2)
-        model = FasterRCNN(fpn, num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=pooler, **common, **options)
+        if representation_size is not None:
+            from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+            options["box_head"] = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
+            options["box_predictor"] = FastRCNNPredictor(representation_size, num_classes + 1)
+            num_outputs = None  # the predictor fixes the class count
+        else:
+            num_outputs = num_classes + 1
+        model = FasterRCNN(fpn, num_outputs, rpn_anchor_generator=anchors, box_roi_pool=pooler, **common, **options)
     else:
         model = cls(fpn, num_classes + 1, anchor_generator=anchors, **common, **options)
     if resize == "native":
@@ -267,6 +286,7 @@ def build_detector(
             "image_mean": common["image_mean"],
             "image_std": common["image_std"],
             "resize": resize,
+            **({"representation_size": representation_size} if representation_size is not None else {}),
             **kwargs,
         }
     )

@@ -2,13 +2,17 @@
 
 Plots written into ``RUN_DIR/plots/``:
 
-* ``ap_vs_cost.png`` — the target metric vs paper FLOPs and vs activations, Pareto front marked
-  (higher metric, lower cost);
-* ``ap_vs_latency.png`` — the target metric vs measured forward latency, Pareto front marked;
-* ``proxy_vs_final.png`` — proxy top-1 vs the final detection metric with Kendall's tau (how well
-  the cheap proxy ranks the candidates);
+* ``ap_vs_cost.png`` — the target metric vs the costs that vary between FLOP-matched candidates:
+  activations, parameters and the FLOPs relative to the base (%), Pareto front marked;
+* ``ap_vs_latency.png`` — the target metric vs backbone latency (measured after the trials, or predicted);
+* ``proxy_vs_final.png`` — proxy top-1 vs the final detection metric with Kendall's tau and its bootstrap
+  95 % interval (how well the cheap proxy ranks the candidates);
 * ``error_edf.png`` — pycls-style empirical distribution functions of the error (100 - metric)
   of bottom-heavy vs standard-like candidates.
+
+Every trial with a metric is drawn: completed specs at their mean over seeds with the noise floor's 95 %
+interval (``bhsearch.tune.stats``), stopped trials at their last rung with their own marker; the legend sits
+below the axes and the titles carry the input size, the budget and the trial counts.
 
 No torch import; pandas, matplotlib and scipy are imported inside the functions.
 """
@@ -73,98 +77,238 @@ def _finite(x: Any) -> bool:
         return False
 
 
-def _scatter_pareto(ax, df, xcol: str, ycol: str, xlabel: str, ylabel: str, scale: float = 1.0) -> None:
-    sub = df[df[xcol].map(_finite) & df[ycol].map(_finite)]
-    if sub.empty:
-        ax.text(0.5, 0.5, f"no trials with {xcol} and {ycol}", ha="center", va="center", transform=ax.transAxes)
-    else:
-        xs = [float(x) / scale for x in sub[xcol]]
-        ys = [float(y) for y in sub[ycol]]
-        front = pareto_front(xs, ys)
-        colors = ["tab:red" if bh else "tab:blue" for bh in sub["bottom_heavy"]]
-        ax.scatter(xs, ys, c=colors, s=28, alpha=0.8, edgecolors="none")
-        pts = sorted((x, y) for x, y, f in zip(xs, ys, front, strict=False) if f)
-        ax.plot(
-            [p[0] for p in pts], [p[1] for p in pts], "k--", lw=1, marker="o", mfc="none", ms=9, label="Pareto front"
-        )
-        for x, y, role in zip(xs, ys, sub["role"], strict=False):
-            if role in ("base", "paper"):
-                ax.annotate(role, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.legend(loc="lower right", fontsize=8)
+#: Marker of each trial status in the plots (errored trials have no metric and are counted in the caption).
+STATUS_STYLE = {
+    "completed": {"marker": "o", "label": "completed"},
+    "stopped": {"marker": "v", "label": "stopped by ASHA (metric at its last rung)"},
+    "unfinished": {"marker": "s", "label": "unfinished (last reported metric)"},
+}
+COLORS = {True: "tab:red", False: "tab:blue"}
+
+
+def plot_points(df, xcol: str, target: str, scale: float = 1.0) -> list[dict[str, Any]]:
+    """What a scatter draws: one point per completed spec (its mean over seeds, with the noise floor's 95 %
+    interval as ``err``), one per stopped or unfinished trial (its metric at its last epoch, no interval).
+
+    Each point: ``x``, ``y``, ``err`` (half-width or None), ``status``, ``bottom_heavy``, ``role``, ``spec_id``.
+    """
+    points: dict[str, dict[str, Any]] = {}
+    for row in _records(df):
+        x, y, status = row.get(xcol), row.get(target), row.get("status")
+        if status not in STATUS_STYLE or not (_finite(x) and _finite(y)):
+            continue
+        if status == "completed":
+            key = f"spec:{row['spec_id']}"
+            if key in points:
+                continue  # the spec's seed repeats share one point (its mean)
+            mean = row.get("metric_mean") if _finite(row.get("metric_mean")) else y
+            hi = row.get("ci95_high")
+            err = float(hi) - float(mean) if _finite(hi) else None
+            y = mean
+        else:
+            key, err = f"trial:{row['trial_id']}", None
+        points[key] = {
+            "x": float(x) / scale,
+            "y": float(y),
+            "err": err,
+            "status": status,
+            "bottom_heavy": bool(row.get("bottom_heavy")),
+            "role": row.get("role"),
+            "spec_id": row.get("spec_id"),
+        }
+    return list(points.values())
+
+
+def _scatter(ax, df, xcol: str, target: str, xlabel: str, scale: float = 1.0, pareto: bool = True) -> None:
+    points = plot_points(df, xcol, target, scale)
+    if not points:
+        ax.text(0.5, 0.5, f"no trials with {xcol} and {target}", ha="center", va="center", transform=ax.transAxes)
+    for status, style in STATUS_STYLE.items():
+        for bh in (True, False):
+            pts = [p for p in points if p["status"] == status and p["bottom_heavy"] == bh]
+            if not pts:
+                continue
+            errs = [p["err"] if p["err"] is not None else 0.0 for p in pts]
+            filled = status == "completed"
+            ax.errorbar(
+                [p["x"] for p in pts],
+                [p["y"] for p in pts],
+                yerr=errs if any(errs) else None,
+                fmt=style["marker"],
+                color=COLORS[bh],
+                mfc=COLORS[bh] if filled else "none",
+                ms=7,
+                capsize=3,
+                lw=1,
+                alpha=0.85,
+            )
+    done = [p for p in points if p["status"] == "completed"]
+    if pareto and len(done) > 1:
+        front = pareto_front([p["x"] for p in done], [p["y"] for p in done])
+        pts = sorted((p["x"], p["y"]) for p, f in zip(done, front, strict=True) if f)
+        ax.plot([q[0] for q in pts], [q[1] for q in pts], "k--", lw=0.8, zorder=0)
+    for p in points:
+        if p["role"] in ("base", "paper") and p["status"] == "completed":
+            ax.annotate(p["role"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.ticklabel_format(axis="both", style="plain", useOffset=False)  # FLOP-matched costs differ by < 1%
+    ax.set_ylabel(f"{target} (%)")
     ax.grid(alpha=0.3)
 
 
-def make_plots(df, out_dir: str | Path, target: str) -> dict[str, Any]:
-    """Write the four PNGs into ``out_dir``; returns their paths and Kendall's tau."""
+def _legend(fig, pareto: bool = True) -> None:
+    """One legend for the figure, below the axes (never over a point)."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], ls="", marker="o", color=COLORS[True], label="bottom-heavy"),
+        Line2D([], [], ls="", marker="o", color=COLORS[False], label="standard-like"),
+    ]
+    for style in STATUS_STYLE.values():
+        handles.append(Line2D([], [], ls="", marker=style["marker"], color="0.3", mfc="none", label=style["label"]))
+    if pareto:
+        handles.append(Line2D([], [], ls="--", color="k", lw=0.8, label="Pareto front (completed)"))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+
+
+def _caption(df, study: Any | None) -> str:
+    """Input size, budget and trial counts, for the plot titles."""
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    parts = [f"{int(v)} {k}" for k, v in sorted(counts.items())]
+    text = f"{len(df)} trials ({', '.join(parts)})"
+    if study is not None:
+        epochs = "+".join(str(e) for e in study.stage_epochs.values())
+        text = f"{study.name}: {study.input_size} input, {epochs} trial-epochs per trial, " + text
+    return text
+
+
+def _save(fig, path: Path) -> None:
+    from bhsearch.fileio import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+
+
+def make_plots(df, out_dir: str | Path, target: str, study: Any | None = None, tau: dict | None = None) -> list[str]:
+    """Write the four PNGs into ``out_dir`` and return their paths.
+
+    Every trial with a metric is drawn (``plot_points``): completed specs at their mean over seeds with the
+    noise floor's 95 % interval, stopped trials at their last rung with their own marker; errored trials are
+    counted in the title. Cost axes are the ones that vary between FLOP-matched candidates.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bhsearch.fileio import atomic_write
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    done = df[df["status"] == "completed"]
-    label = f"{target} (%)"
+    caption = _caption(df, study)
+    df = df.copy()
+    base = df.loc[df["role"] == "base", "flops"]
+    ref_flops = float(base.iloc[0]) if len(base) else float(df["flops"].median()) if len(df) else 1.0
+    df["cost_error_pct"] = 100.0 * (df["flops"].astype(float) - ref_flops) / ref_flops
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    _scatter_pareto(axes[0], done, "flops", target, "paper FLOPs (G)", label, scale=1e9)
-    _scatter_pareto(axes[1], done, "activations", target, "conv activations (M elements)", label, scale=1e6)
-    fig.suptitle(f"{target} vs cost (red: bottom-heavy, blue: standard-like)")
-    fig.tight_layout()
-    atomic_write(out / "ap_vs_cost.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.8))
+    _scatter(axes[0], df, "activations", target, "conv activations (M elements)", scale=1e6)
+    _scatter(axes[1], df, "params", target, "parameters (M)", scale=1e6)
+    _scatter(axes[2], df, "cost_error_pct", target, "FLOPs relative to the base (%)", pareto=False)
+    fig.suptitle(f"{target} vs cost — {caption}", fontsize=10)
+    _legend(fig)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _save(fig, out / "ap_vs_cost.png")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    _scatter_pareto(ax, done, "latency_ms", target, "measured forward latency (ms)", label)
-    ax.set_title(f"{target} vs latency")
-    fig.tight_layout()
-    atomic_write(out / "ap_vs_latency.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    source = ""
+    if "latency_source" in df and df["latency_source"].notna().any():
+        source = f" ({', '.join(sorted(set(df['latency_source'].dropna())))})"
+    _scatter(ax, df, "latency_ms", target, f"backbone forward latency (ms){source}")
+    ax.set_title(f"{target} vs latency\n{caption}", fontsize=9)
+    _legend(fig)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    _save(fig, out / "ap_vs_latency.png")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    proxy_ok = target != "top1"
-    tau = pvalue = None
-    n = 0
-    if proxy_ok:
-        tau, pvalue, n = kendall_tau(list(done["top1"]), list(done[target]))
-        ax.scatter(done["top1"], done[target], c="tab:purple", s=28)
-        ax.set_xlabel("proxy top-1 (%)")
-        ax.set_ylabel(label)
-        tau_text = f"undefined (n={n})" if tau is None else f"{tau:+.3f} (p={pvalue:.3g}, n={n})"
-        ax.set_title(f"proxy vs final: Kendall tau {tau_text}")
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if target != "top1":
+        _scatter(ax, df, "top1", target, "proxy top-1 (%)", pareto=False)
+        tau = tau or {}
+        if tau.get("tau") is None:
+            text = f"undefined (n={tau.get('n', 0)})"
+        else:
+            lo, hi = tau.get("ci95") or (None, None)
+            ci = f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None else ""
+            text = f"{tau['tau']:+.2f}{ci} (n={tau['n']} specs)"
+        ax.set_title(f"proxy vs final: Kendall tau {text}\n{caption}", fontsize=9)
+        _legend(fig, pareto=False)
+        fig.tight_layout(rect=(0, 0.14, 1, 1))
     else:
         ax.text(0.5, 0.5, "proxy-only study: no final detection metric", ha="center", va="center")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(out / "proxy_vs_final.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    _save(fig, out / "proxy_vs_final.png")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for flag, name, color in ((True, "bottom-heavy", "tab:red"), (False, "standard-like", "tab:blue")):
-        errors = [100.0 - float(v) for v in done[done["bottom_heavy"] == flag][target] if _finite(v)]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    done = df[df["status"] == "completed"].drop_duplicates("spec_id")
+    for flag, name in ((True, "bottom-heavy"), (False, "standard-like")):
+        values = done.loc[done["bottom_heavy"] == flag, "metric_mean"] if "metric_mean" in done else []
+        errors = [100.0 - float(v) for v in values if _finite(v)]
         if errors:
             xs, ys = edf(errors)
-            ax.step([xs[0], *xs], [0.0, *ys], where="post", color=color, label=f"{name} (n={len(xs)}, min {xs[0]:.1f})")
-    ax.set_xlabel(f"error = 100 - {target} (%)")
+            ax.step(
+                [xs[0], *xs],
+                [0.0, *ys],
+                where="post",
+                color=COLORS[flag],
+                label=f"{name} (n={len(xs)}, min {xs[0]:.1f})",
+            )
+    ax.set_xlabel(f"error = 100 - {target} (%), completed specs (mean over seeds)")
     ax.set_ylabel("cumulative prob.")
     ax.set_ylim(0, 1.02)
-    ax.set_title("error EDF")
+    ax.set_title(f"error EDF\n{caption}", fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    atomic_write(out / "error_edf.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    _save(fig, out / "error_edf.png")
     plt.close(fig)
+    return [str(out / name) for name in PLOTS]
+
+
+def rank_agreement(df, target: str, seed: int = 0) -> dict[str, Any]:
+    """Kendall's tau between proxy top-1 and the final metric over completed specs (means over seeds), with its
+    p-value and bootstrap 95 % interval (``bhsearch.tune.stats.kendall_tau_interval``)."""
+    from bhsearch.tune.stats import kendall_tau_interval
+
+    done = df[df["status"] == "completed"]
+    proxy, final = [], []
+    for _, group in done.groupby("spec_id", sort=True):
+        p = [float(v) for v in group["top1"] if _finite(v)]
+        f = [float(v) for v in group[target] if _finite(v)]
+        if p and f:
+            proxy.append(sum(p) / len(p))
+            final.append(sum(f) / len(f))
+    tau, pvalue, n = kendall_tau(proxy, final)
+    lo, hi = kendall_tau_interval(proxy, final, seed=seed) if tau is not None else (None, None)
+    return {"tau": tau, "p": pvalue, "n": n, "ci95": [lo, hi] if lo is not None else None}
+
+
+def noise_summary(df, target: str, repeats: int) -> dict[str, Any]:
+    """The study's noise floor: pooled seed std of ``target``, its degrees of freedom, the repeat groups, the
+    t quantile and the best set (``bhsearch.tune.stats``)."""
+    from bhsearch.tune.results import reference_spec, spec_means
+    from bhsearch.tune.stats import best_set, noise_floor
+
+    groups = spec_means(df, target)
+    floor = noise_floor(groups)
+    means = {k: (sum(v) / len(v), len(v)) for k, v in groups.items()}
     return {
-        "plots": [str(out / name) for name in PLOTS],
-        "kendall_tau": tau,
-        "kendall_p": pvalue,
-        "kendall_n": n,
+        "metric": target,
+        "repeats": repeats,
+        "seed_std": floor.std,
+        "df": floor.df,
+        "t95": floor.t,
+        "groups": {k: v for k, v in groups.items() if len(v) >= 2},
+        "reference": reference_spec(df),
+        "best_set": best_set(means, floor),
     }
 
 
@@ -189,7 +333,12 @@ def build_report(
     df = load_results(run_dir, refresh=refresh)
     target = study.target_metric
     info: dict[str, Any] = {"run_dir": str(run_dir), "study": study.name, "metric": target}
-    info.update(make_plots(df, run_dir / "plots", target) if plots else {"plots": [], "kendall_tau": None})
+    agreement = rank_agreement(df, target) if target != "top1" else {"tau": None, "p": None, "n": 0, "ci95": None}
+    info.update(
+        kendall_tau=agreement["tau"], kendall_p=agreement["p"], kendall_n=agreement["n"], kendall_ci95=agreement["ci95"]
+    )
+    info["noise"] = noise_summary(df, target, study.noise.repeats)
+    info["plots"] = make_plots(df, run_dir / "plots", target, study, agreement) if plots else []
     best_path = run_dir / "best_spec.json"
     info["best"] = json.loads(best_path.read_text()) if best_path.is_file() else None
     info["best_spec_path"] = str(best_path) if best_path.is_file() else None
@@ -209,6 +358,26 @@ def short_arch(spec_id: str) -> str:
     """A spec id without the family and block type, e.g. ``k3s1pc8 7-6-2-1 w8-16-32-64 s2-2-2-2``."""
     parts = spec_id.split(":")
     return " ".join(parts[2:]) if len(parts) > 2 else spec_id
+
+
+def print_noise(info: dict[str, Any], console: Any) -> None:
+    """The noise floor and the best set, in two lines."""
+    noise = info.get("noise") or {}
+    metric = info["metric"]
+    if noise.get("seed_std") is None:
+        hint = "set noise: {repeats: 2} or more in the study" if noise.get("repeats", 1) < 2 else "no repeat completed"
+        console.print(f"noise floor: unknown ({hint}); differences between trials carry no error bars")
+    else:
+        groups = noise.get("groups") or {}
+        seeds = sorted({len(v) for v in groups.values()})
+        console.print(
+            f"noise floor: seed std of {metric} {noise['seed_std']:.2f} points (pooled over {len(groups)} specs with "
+            f"{'/'.join(map(str, seeds))} seeds, df {noise['df']}); intervals are 95 % (t = {noise['t95']:.2f})"
+        )
+    best = noise.get("best_set") or []
+    if best:
+        names = ", ".join(short_arch(b) for b in best)
+        console.print(f"best set ({len(best)}: not significantly worse than the top at 95 %): {names}")
 
 
 def print_report(info: dict[str, Any], console: Any = None) -> None:
@@ -247,11 +416,15 @@ def print_report(info: dict[str, Any], console: Any = None) -> None:
         console.print(f"best: {best['id']}  {metric} = {_fmt(best.get('value'))}  → {info['best_spec_path']}")
     else:
         console.print("best: no trial completed yet")
+    print_noise(info, console)
     tau = info.get("kendall_tau")
     if metric != "top1":
         n = info.get("kendall_n") or 0
         if tau is not None:
-            tau_text = f"{tau:+.3f} (n={n})"
+            ci = info.get("kendall_ci95")
+            tau_text = (
+                f"{tau:+.3f}" + (f", 95 % interval [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + f" (n={n} specs)"
+            )
         else:
             tau_text = f"undefined (n={n}: {'fewer than 3 completed trials' if n < 3 else 'all values tied'})"
         console.print(f"proxy top-1 vs final {metric}: Kendall tau {tau_text}")

@@ -70,25 +70,72 @@ def test_sampler_with_real_tpe_visits_distinct_candidates(pool):
     assert sorted(seen) == sorted(c.id for c in pool)
 
 
+def _queued(search) -> list[dict]:
+    return [dict(c) for c in search.queue]
+
+
 def test_random_plan_is_seeded_and_keeps_references_first(pool):
-    _, space_a, n = plan_search(study(algorithm="random", seed=1), pool)
-    _, space_b, _ = plan_search(study(algorithm="random", seed=1), pool)
-    _, space_c, _ = plan_search(study(algorithm="random", seed=2), pool)
-    ids = space_a["spec_id"]["grid_search"]
-    assert n == 1 and ids == space_b["spec_id"]["grid_search"] and len(ids) == 5 and len(set(ids)) == 5
+    search_a, n = plan_search(study(algorithm="random", seed=1), pool)
+    search_b, _ = plan_search(study(algorithm="random", seed=1), pool)
+    search_c, _ = plan_search(study(algorithm="random", seed=2), pool)
+    ids = [c["spec_id"] for c in _queued(search_a)]
+    assert n == 5 and ids == [c["spec_id"] for c in _queued(search_b)] and len(set(ids)) == 5
     assert ids[:2] == [pool[0].id, pool[1].id]
-    assert ids != space_c["spec_id"]["grid_search"]
+    assert ids != [c["spec_id"] for c in _queued(search_c)]
+    assert search_a.inner is None  # the whole plan is the queue
 
 
 def test_grid_plan_is_exhaustive(pool):
-    search, space, n = plan_search(study(algorithm="grid"), pool)
-    assert search is None and n == 1 and space["spec_id"]["grid_search"] == [c.id for c in pool]
+    search, n = plan_search(study(algorithm="grid"), pool)
+    assert n == len(pool) and _queued(search) == [{"spec_id": c.id} for c in pool]
 
 
 def test_optuna_plan_evaluates_references_first(pool):
-    search, space, n = plan_search(study(algorithm="optuna"), pool)
-    assert space == {} and n == 5
-    assert search._points_to_evaluate == [PoolSampler(pool).params_of(pool[i].id) for i in (0, 1)]
+    search, n = plan_search(study(algorithm="optuna"), pool)
+    assert n == 5 and _queued(search) == []
+    assert search.inner._points_to_evaluate == [PoolSampler(pool).params_of(pool[i].id) for i in (0, 1)]
+
+
+def _with_noise(algorithm: str, repeats: int):
+    data = study(algorithm=algorithm).model_dump()
+    data["noise"] = {"repeats": repeats}
+    return parse_study(data)
+
+
+@pytest.mark.parametrize("algorithm", ["optuna", "random", "grid"])
+def test_seed_repeats_of_the_references_come_first_and_are_never_searched(pool, algorithm):
+    base, paper = pool[0].id, pool[1].id
+    search, n = plan_search(_with_noise(algorithm, 3), pool)
+    repeats = [{"spec_id": base, "repeat": 1}, {"spec_id": paper, "repeat": 1}]
+    repeats += [{"spec_id": base, "repeat": 2}, {"spec_id": paper, "repeat": 2}]
+    assert _queued(search)[:4] == repeats
+    searched = 5 if algorithm != "grid" else len(pool)
+    assert n == 4 + searched
+    if algorithm == "optuna":  # the repeats never reach Optuna: it learns only from what it proposed
+        assert search.suggest("t-repeat") == repeats[0] and "t-repeat" not in search.delegated
+        search.on_trial_complete("t-repeat", {"score": 1.0})  # ignored: Optuna never issued it
+
+
+def test_resumed_plan_skips_finished_repeats_and_reruns_interrupted_ones_first(pool):
+    base, paper = pool[0].id, pool[1].id
+    done = [base, f"{base}#r1"]
+    search, n = plan_search(_with_noise("random", 3), pool, done=done, redo=[f"{paper}#r2"])
+    queued = _queued(search)
+    assert queued[:3] == [
+        {"spec_id": paper, "repeat": 2},
+        {"spec_id": paper, "repeat": 1},
+        {"spec_id": base, "repeat": 2},
+    ]
+    assert {"spec_id": base} not in queued and {"spec_id": paper} in queued
+    assert n == len(queued) == 3 + 4
+
+
+def test_trial_keys_tell_repeats_from_search_trials():
+    from bhsearch.tune.noise import config_key, repeat_configs, trial_key
+
+    assert trial_key("a") == "a" and trial_key("a", 2) == "a#r2"
+    assert config_key({"spec_id": "a", "repeat": 1}) == "a#r1" and config_key({"spec_id": "a"}) == "a"
+    assert repeat_configs(["a", "b"], 1) == []
 
 
 def test_fidelity_score():

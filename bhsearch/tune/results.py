@@ -20,6 +20,7 @@ COLUMNS = [
     "trial_id",
     "spec_id",
     "role",
+    "repeat",
     "family",
     "blocks",
     "stem",
@@ -48,6 +49,12 @@ COLUMNS = [
     "AP_t",
     "AP_s",
     "AP_m",
+    "metric_mean",
+    "metric_seeds",
+    "ci95_low",
+    "ci95_high",
+    "vs_base",
+    "in_best_set",
     "score",
     "epochs",
     "max_epochs",
@@ -58,6 +65,8 @@ COLUMNS = [
 #: ``top1`` and every metric a study may rank by (``bhsearch.tune.study.DETECTION_METRICS``), TinyPerson's,
 #: WiderFace's and AI-TOD's; a study fills those of its fine-tuning data.
 METRIC_COLUMNS = ("top1", *(c for c in COLUMNS if c.startswith("AP")))
+#: Numeric noise-floor columns (``with_noise_floor``).
+NOISE_NUMBERS = ("metric_mean", "metric_seeds", "ci95_low", "ci95_high")
 STATUS_ORDER = {"completed": 0, "stopped": 1, "unfinished": 2, "error": 3}
 
 
@@ -158,6 +167,7 @@ def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | Non
             "trial_id": trial_id,
             "spec_id": spec_id,
             "role": roles.get(spec_id, "candidate"),
+            "repeat": int(config.get("repeat") or 0),
             **_spec_columns(spec_id, study.input_size, base_share),
             "latency_ms": last.get("latency_ms"),
             **{m: last.get(m) for m in METRIC_COLUMNS},
@@ -178,6 +188,7 @@ def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | Non
                 "trial_id": pending["trial_id"],
                 "spec_id": pending["spec_id"],
                 "role": roles.get(pending["spec_id"], "candidate"),
+                "repeat": pending.get("repeat", 0),
                 **_spec_columns(pending["spec_id"], study.input_size, base_share),
                 "epochs": 0,
                 "max_epochs": study.max_epochs,
@@ -221,10 +232,75 @@ def results_table(rows: list[dict[str, Any]]):
     df.insert(0, "rank", range(1, len(df) + 1))
     for col in ("params", "macs", "flops", "activations", "epochs", "max_epochs"):
         df[col] = df[col].astype("int64")
-    for col in ("latency_ms", *METRIC_COLUMNS, "score", "train_time_s", "bh_share"):
+    df["repeat"] = pd.to_numeric(df["repeat"], errors="coerce").fillna(0).astype("int64")
+    for col in ("latency_ms", *METRIC_COLUMNS, *NOISE_NUMBERS, "score", "train_time_s", "bh_share"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     df["bottom_heavy"] = df["bottom_heavy"].astype(bool)
+    df["in_best_set"] = df["in_best_set"].fillna(False).astype(bool)
+    df["vs_base"] = df["vs_base"].astype("object").where(df["vs_base"].notna(), None)
     df["error"] = df["error"].astype("object").where(df["error"].notna(), None)
+    return df
+
+
+def reference_spec(df) -> str | None:
+    """The spec the others are compared with: the base, else the first reference point."""
+    for role in ("base", "reference", "paper"):
+        ids = df.loc[df["role"] == role, "spec_id"]
+        if len(ids):
+            return str(ids.iloc[0])
+    return None
+
+
+def spec_means(df, metric: str) -> dict[str, list[float]]:
+    """The final ``metric`` of every completed trial, grouped by spec (one value per seed)."""
+    import pandas as pd
+
+    done = df[(df["status"] == "completed") & pd.to_numeric(df[metric], errors="coerce").notna()]
+    groups: dict[str, list[float]] = {}
+    for spec_id, value in zip(done["spec_id"], done[metric], strict=True):
+        groups.setdefault(str(spec_id), []).append(float(value))
+    return groups
+
+
+def with_noise_floor(df, metric: str):
+    """``df`` with the noise-floor columns (``bhsearch.tune.stats``) filled for completed trials and re-ranked.
+
+    ``metric_mean`` / ``metric_seeds``: the spec's mean final metric over its completed seeds; ``ci95_low`` /
+    ``ci95_high``: its 95 % interval from the pooled seed spread; ``vs_base``: ``better`` / ``worse`` / ``within
+    noise`` than the base's mean (``base`` on the base's rows, empty without a noise floor); ``in_best_set``: not
+    significantly worse than the top spec. Completed trials rank by ``metric_mean`` (ties: their own value).
+    """
+    from bhsearch.tune.stats import best_set, noise_floor
+
+    groups = spec_means(df, metric)
+    floor = noise_floor(groups)
+    means = {k: (sum(v) / len(v), len(v)) for k, v in groups.items()}
+    best = set(best_set(means, floor))
+    ref = reference_spec(df)
+    words = {1: "better", -1: "worse", 0: "within noise", None: None}
+    done = df["status"] == "completed"
+    for i in df.index[done]:
+        spec_id = str(df.at[i, "spec_id"])
+        if spec_id not in means:
+            continue
+        mean, n = means[spec_id]
+        half = floor.half_width(n)
+        df.at[i, "metric_mean"], df.at[i, "metric_seeds"] = mean, n
+        if half is not None:
+            df.at[i, "ci95_low"], df.at[i, "ci95_high"] = mean - half, mean + half
+        if spec_id == ref:
+            df.at[i, "vs_base"] = "base"
+        elif ref in means:
+            df.at[i, "vs_base"] = words[floor.differs(mean, n, *means[ref])]
+        df.at[i, "in_best_set"] = spec_id in best
+    if len(df):
+        import pandas as pd
+
+        order = df["status"].map(STATUS_ORDER).fillna(9)
+        mean_key = pd.to_numeric(df["metric_mean"], errors="coerce").fillna(float("-inf"))
+        df = df.assign(_o=order, _m=mean_key).sort_values(["_o", "_m"], ascending=[True, False], kind="stable")
+        df = df.drop(columns=["_o", "_m"]).reset_index(drop=True)
+        df["rank"] = range(1, len(df) + 1)
     return df
 
 
@@ -234,7 +310,7 @@ def write_results(run_dir: str | Path, study: Any, statuses: dict[str, str] | No
     from bhsearch.spec import get_spec, save_spec
 
     run_dir = Path(run_dir)
-    df = results_table(collect_rows(run_dir, study, statuses))
+    df = with_noise_floor(results_table(collect_rows(run_dir, study, statuses)), study.target_metric)
     atomic_write(run_dir / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
     atomic_write(run_dir / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
     best_path = run_dir / "best_spec.json"
@@ -293,4 +369,13 @@ def load_results(run_dir: str | Path, refresh: bool = False):
     return write_results(run_dir, load_study_of(run_dir))
 
 
-__all__ = ["COLUMNS", "bottom_heavy_share", "collect_rows", "load_results", "results_table", "write_results"]
+__all__ = [
+    "COLUMNS",
+    "bottom_heavy_share",
+    "collect_rows",
+    "load_results",
+    "results_table",
+    "spec_means",
+    "with_noise_floor",
+    "write_results",
+]

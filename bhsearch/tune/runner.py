@@ -203,36 +203,41 @@ def plan_search(
     done: list[str] | tuple[str, ...] = (),
     redo: list[str] | tuple[str, ...] = (),
     specs: list[str] | None = None,
-) -> tuple[Any, dict[str, Any], int]:
-    """``(search_alg, param_space, num_samples)`` for the study's search algorithm.
+) -> tuple[Any, int]:
+    """``(search_alg, num_samples)``: a ``Searcher`` that issues the seed repeats of the reference points first
+    (``bhsearch.tune.noise``), then the study's search algorithm's trials.
 
-    For a resumed study ``done`` are the spec ids already final (never proposed again), ``redo`` those that
+    For a resumed study ``done`` are the trial keys already final (never proposed again), ``redo`` those that
     run again first (errored or unfinished trials) and ``specs`` the saved plan of a random/grid study;
     ``storage`` is the Optuna storage that holds the study (``optuna_storage``). ``num_samples`` may be 0:
     nothing left to run.
     """
-    from ray import tune
+    from bhsearch.tune.noise import config_key, fixed_first, repeat_configs
 
+    refs = [c.id for c in pool if c.role != "candidate"]
+    repeats = [c for c in repeat_configs(refs, study.noise.repeats) if config_key(c) not in set(done)]
+    repeats.sort(key=lambda c: config_key(c) not in set(redo))  # interrupted repeats first (stable)
+    done_specs = [k for k in done if "#" not in k]
+    redo_specs = [k for k in redo if "#" not in k]
     algorithm, n = study.search.algorithm, study.search.num_samples
     if algorithm in ("grid", "random"):
         chosen = specs if specs is not None else plan_specs(study, pool)
-        remaining = [s for s in chosen if s not in set(done)]
-        return None, {"spec_id": tune.grid_search(remaining)}, 1 if remaining else 0
+        remaining = [{"spec_id": s} for s in chosen if s not in set(done_specs)]
+        return fixed_first(repeats + remaining), len(repeats) + len(remaining)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    refs = [c.id for c in pool if c.role != "candidate"]
     sampler = PoolSampler(pool)
-    sampler.issued = list(done)
-    left = max(0, n - len(done))
-    first = list(dict.fromkeys([*redo, *(r for r in refs if r not in set(done))]))[:left]
+    sampler.issued = list(done_specs)
+    left = max(0, n - len(done_specs))
+    first = list(dict.fromkeys([*redo_specs, *(r for r in refs if r not in set(done_specs))]))[:left]
     points = [sampler.params_of(r) for r in first]
     tpe = optuna.samplers.TPESampler(seed=study.search.seed, n_startup_trials=min(10, max(2, n // 2)))
     kwargs: dict[str, Any] = {"study_name": study.name, "storage": storage} if storage is not None else {}
     search = OptunaSearch(
         space=sampler, metric="score", mode="max", points_to_evaluate=points or None, sampler=tpe, **kwargs
     )
-    return search, {}, left
+    return fixed_first(repeats, search if left else None), len(repeats) + left
 
 
 # --------------------------------------------------------------------------- Ray
@@ -469,11 +474,13 @@ def _saved_pool(run_dir: Path) -> list[Candidate]:
 def _scheduler(study: Study, run_dir: Path, done: dict[str, dict[str, Any]]):
     """ASHA over ``epochs_done`` (which a resumed trial continues, unlike Tune's ``training_iteration``), its
     rungs seeded with the results of the trials that are already final; or FIFO."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from bhsearch.tune.noise import repeat_aware_asha
 
     if study.scheduler.type != "asha":
         return FIFOScheduler()
-    scheduler = ASHAScheduler(
+    scheduler = repeat_aware_asha(
         time_attr="epochs_done",
         max_t=study.max_epochs,
         grace_period=min(study.scheduler.grace_period, study.max_epochs),
@@ -484,6 +491,8 @@ def _scheduler(study: Study, run_dir: Path, done: dict[str, dict[str, Any]]):
         import types
 
         for trial_id, entry in done.items():
+            if entry.get("repeat"):
+                continue  # seed repeats never enter the rungs
             shim = types.SimpleNamespace(trial_id=f"previous-{trial_id}")
             for row in state_mod._result_rows(run_dir / entry.get("dir", f"trial_{trial_id}") / "result.json"):
                 if isinstance(row.get("epochs_done"), int) and isinstance(row.get("score"), (int, float)):
@@ -608,28 +617,31 @@ def run_study(
             plan = state_mod.ResumePlan(run_dir, state, study.max_epochs)
             state_mod.write_resume_checkpoints(run_dir, plan.checkpoints)
             done, redo, specs = plan.done, plan.redo, state["plan"].get("specs")
+            done_keys = plan.done_keys
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_dir / STUDY_FILE, study.model_dump())
             save_pool(run_dir, pool)
             specs = plan_specs(study, pool)
-            state = state_mod.new_state(study.name, {"algorithm": study.search.algorithm, "specs": specs})
+            from bhsearch.tune.noise import repeat_configs
+
+            refs = [c.id for c in pool if c.role != "candidate"]
+            repeats = [[c["spec_id"], c["repeat"]] for c in repeat_configs(refs, study.noise.repeats)]
+            plan_record = {"algorithm": study.search.algorithm, "specs": specs, "repeats": repeats}
+            state = state_mod.new_state(study.name, plan_record)
             state_mod.write_resume_checkpoints(run_dir, {})
-            done, redo = {}, []
+            done, redo, done_keys = {}, [], []
         storage = None
         if study.search.algorithm == "optuna":
             storage = optuna_storage(run_dir / state_mod.JOURNAL_FILE)
             close_stale_optuna_trials(storage, study.name)
-        search, param_space, n = plan_search(
-            study, pool, storage=storage, done=[t["spec_id"] for t in done.values()], redo=redo, specs=specs
-        )
+        search, n = plan_search(study, pool, storage=storage, done=done_keys, redo=redo, specs=specs)
         run_index = len(state["runs"])
         state["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "outcome": "running"})
         state_mod.save_state(run_dir, state)
         if n > 0:
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space,
                 tune_config=tune.TuneConfig(
                     metric="score",
                     mode="max",

@@ -88,15 +88,21 @@ def statuses(state: dict[str, Any]) -> dict[str, str]:
 
 def pending_rows(state: dict[str, Any]) -> list[dict[str, str]]:
     """``{"trial_id", "spec_id"}`` of unfinished trials that may have no trial folder (``params.json``) yet: open
-    trials (the table keeps the folder's row where there is one), and the specs of a random/grid plan that no trial took yet (``trial_id`` ``planned-K``). An
+    trials (the table keeps the folder's row where there is one), and the specs of a random/grid plan and the
+    seed repeats that no trial took yet (``trial_id`` ``planned-K``). An
     optuna study's trials not asked for yet have no spec, so they have no row."""
-    rows = [{"trial_id": tid, "spec_id": t["spec_id"]} for tid, t in state["trials"].items() if t["status"] in OPEN]
-    taken = {t["spec_id"] for t in state["trials"].values() if t["status"] != RETRIED}
-    waiting = list((state.get("plan") or {}).get("specs") or [])
-    waiting += [t["spec_id"] for t in state["trials"].values() if t["status"] == RETRIED]  # to run again
-    for k, spec_id in enumerate(dict.fromkeys(waiting)):
-        if spec_id not in taken:
-            rows.append({"trial_id": f"planned-{k}", "spec_id": spec_id})
+    rows = [
+        {"trial_id": tid, "spec_id": t["spec_id"], "repeat": t.get("repeat") or 0}
+        for tid, t in state["trials"].items()
+        if t["status"] in OPEN
+    ]
+    taken = {entry_key(t) for t in state["trials"].values() if t["status"] != RETRIED}
+    plan = state.get("plan") or {}
+    waiting = [(s, 0) for s in plan.get("specs") or []] + [(s, int(k)) for s, k in plan.get("repeats") or []]
+    waiting += [(t["spec_id"], t.get("repeat") or 0) for t in state["trials"].values() if t["status"] == RETRIED]
+    for k, (spec_id, repeat) in enumerate(dict.fromkeys(waiting)):
+        if entry_key({"spec_id": spec_id, "repeat": repeat}) not in taken:
+            rows.append({"trial_id": f"planned-{k}", "spec_id": spec_id, "repeat": repeat})
     return rows
 
 
@@ -132,14 +138,17 @@ def checkpoint_epochs(checkpoint: Path) -> int:
 
 
 class ResumePlan:
-    """What a resumed study does: which specs are final, which run again (and from which checkpoint)."""
+    """What a resumed study does: which trials are final, which run again (and from which checkpoint).
+
+    Trials are told apart by their key (``bhsearch.tune.noise.trial_key``: the spec id, plus ``#rK`` for a seed
+    repeat), so a repeat of the base never stands in for the base's search trial."""
 
     def __init__(self, run_dir: Path, state: dict[str, Any], max_epochs: int):
         self.run_dir = run_dir
         self.state = state
         self.done: dict[str, dict[str, Any]] = {}  # trial id -> entry (final)
-        self.redo: list[str] = []  # spec ids to run again, in first-seen order
-        self.checkpoints: dict[str, str] = {}  # spec id -> checkpoint folder, relative to run_dir
+        self.redo: list[str] = []  # trial keys to run again, in first-seen order
+        self.checkpoints: dict[str, str] = {}  # trial key -> checkpoint folder, relative to run_dir
         trials = state["trials"]
         for tid, t in trials.items():
             if t["status"] == FINAL:
@@ -152,13 +161,13 @@ class ResumePlan:
             if rows and int(rows[-1].get("epochs_done", 0) or 0) >= max_epochs and t["status"] in OPEN:
                 t["status"] = FINAL  # finished, the kill came before Tune marked it so
                 self.done[tid] = t
-        done_specs = {t["spec_id"] for t in self.done.values()}
+        done_keys = {entry_key(t) for t in self.done.values()}
         for tid, t in trials.items():
-            if t["status"] in (FINAL,) or t["spec_id"] in done_specs:
+            if t["status"] in (FINAL,) or entry_key(t) in done_keys:
                 continue
-            spec_id = t["spec_id"]
-            if spec_id not in self.redo:
-                self.redo.append(spec_id)
+            key = entry_key(t)
+            if key not in self.redo:
+                self.redo.append(key)
             folder = run_dir / t.get("dir", f"trial_{tid}")
             if t["status"] != RETRIED and folder.is_dir():
                 target = run_dir / RETRIED_DIR / folder.name
@@ -172,26 +181,34 @@ class ResumePlan:
                 t["retried_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             moved = run_dir / t.get("dir", "")
             ckpt = latest_checkpoint(moved) if t.get("dir") and moved.is_dir() else None
-            best = self.checkpoints.get(spec_id)
+            best = self.checkpoints.get(key)
             if ckpt is not None and (best is None or checkpoint_epochs(ckpt) > checkpoint_epochs(run_dir / best)):
-                self.checkpoints[spec_id] = str(ckpt.relative_to(run_dir))
+                self.checkpoints[key] = str(ckpt.relative_to(run_dir))
 
     @property
-    def done_specs(self) -> list[str]:
-        return [t["spec_id"] for t in self.done.values()]
+    def done_keys(self) -> list[str]:
+        return [entry_key(t) for t in self.done.values()]
+
+
+def entry_key(entry: dict[str, Any]) -> str:
+    """The trial key of a ``tune_state.json`` entry (``bhsearch.tune.noise.trial_key``)."""
+    from bhsearch.tune.noise import trial_key
+
+    return trial_key(entry["spec_id"], entry.get("repeat") or 0)
 
 
 def write_resume_checkpoints(run_dir: Path, checkpoints: dict[str, str]) -> None:
     atomic_write_json(run_dir / RESUME_FILE, checkpoints)
 
 
-def resume_checkpoint(run_dir: Path, spec_id: str) -> Path | None:
-    """The checkpoint folder a resumed trial of ``spec_id`` continues from (``resume_checkpoints.json``)."""
+def resume_checkpoint(run_dir: Path, key: str) -> Path | None:
+    """The checkpoint folder a resumed trial of ``key`` (spec id, ``#rK`` for a repeat) continues from
+    (``resume_checkpoints.json``)."""
     path = Path(run_dir) / RESUME_FILE
     if not path.is_file():
         return None
     try:
-        rel = json.loads(path.read_text()).get(spec_id)
+        rel = json.loads(path.read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return None
     if not isinstance(rel, str):
@@ -214,6 +231,8 @@ def make_recorder(run_dir: Path, state: dict[str, Any], run_index: int):
                 trial.trial_id,
                 {"spec_id": str(trial.config.get("spec_id")), "dir": trial_dirname(trial), "run": run_index},
             )
+            if trial.config.get("repeat"):
+                entry["repeat"] = int(trial.config["repeat"])
             before = dict(entry)
             entry["status"] = status
             entry.update(extra)
@@ -242,6 +261,7 @@ __all__ = [
     "RESUME_FILE",
     "STATE_FILE",
     "ResumePlan",
+    "entry_key",
     "load_state",
     "make_recorder",
     "new_state",

@@ -146,6 +146,14 @@ class SchedulerConfig(_Strict):
         return value
 
 
+class NoiseConfig(_Strict):
+    """The seed noise floor: every reference point (the base and the paper's BH config, or ``search.references``)
+    is trained ``repeats`` times in all, with seeds offset by 1 .. repeats-1 from its stages' own seeds, run to the
+    end (ASHA never stops them) and never shown to the searcher (``bhsearch.tune.noise``)."""
+
+    repeats: int = Field(default=1, ge=1, le=20)
+
+
 class StageConfig(BaseModel):
     """One training stage: ``data`` (``KIND:PATH``), ``epochs`` and any other setting of the
     stage's config dataclass (``PretrainConfig``, ``FinetuneConfig`` or, on WiderFace, ``WiderFaceConfig``;
@@ -223,6 +231,7 @@ class Study(_Strict):
     stages: StagesConfig
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     storage: str = "runs"
     address: str | None = None

@@ -58,7 +58,7 @@ def _write_state(work: Path, state: dict[str, Any]) -> None:
     atomic_write_json(work / STATE_FILE, state, indent=1)
 
 
-def _restore_work(work: Path, run_dir: str | Path | None = None, spec_id: str | None = None) -> bool:
+def _restore_work(work: Path, run_dir: str | Path | None = None, key: str | None = None) -> bool:
     """Copy this trial's last checkpoint into ``work``; True when there was one.
 
     Tune's own checkpoint of the trial comes first; else, in a resumed study, the checkpoint an interrupted
@@ -73,15 +73,15 @@ def _restore_work(work: Path, run_dir: str | Path | None = None, spec_id: str | 
         with checkpoint.as_directory() as src:
             shutil.copytree(src, work, dirs_exist_ok=True)
         return (work / STATE_FILE).is_file()
-    if run_dir is None or spec_id is None:
+    if run_dir is None or key is None:
         return False
     from bhsearch.tune.state import resume_checkpoint
 
-    src = resume_checkpoint(run_dir, spec_id)
+    src = resume_checkpoint(run_dir, key)
     if src is None:
         return False
     shutil.copytree(src, work, dirs_exist_ok=True)
-    if _read_state(work).get("spec_id") != spec_id:  # not this spec's: start afresh
+    if _read_state(work).get("spec_id") != key:  # not this trial's (spec id, #rK for a repeat): start afresh
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         return False
@@ -122,9 +122,10 @@ def measure_forward_latency(spec: Any, study: Any) -> float | None:
     return 1000.0 * result["median_s"]
 
 
-def stage_trainer(study: Any, stage: str, device: str | None = None) -> tuple[Any, Any]:
+def stage_trainer(study: Any, stage: str, device: str | None = None, repeat: int = 0) -> tuple[Any, Any]:
     """``(run function, config)`` that train ``stage`` of ``study`` on its data (``STAGE_TRAINERS``); the config is
-    validated as when the study was loaded (``bhsearch.tune.study.stage_config``)."""
+    validated as when the study was loaded (``bhsearch.tune.study.stage_config``). A seed repeat ``repeat`` > 0
+    offsets the stage's seed by ``repeat``."""
     import importlib
 
     from bhsearch.tune.study import stage_config
@@ -132,8 +133,11 @@ def stage_trainer(study: Any, stage: str, device: str | None = None) -> tuple[An
     module_name, _, run_name = study.stage_trainer(stage)
     module = importlib.import_module(module_name)
     extra: dict[str, Any] = {"progress": "off"}
-    if device and "device" not in getattr(study.stages, stage).options:
+    options = getattr(study.stages, stage).options
+    if device and "device" not in options:
         extra["device"] = device
+    if repeat:
+        extra["seed"] = int(options.get("seed", 0)) + repeat
     return getattr(module, run_name), stage_config(study, stage, extra)
 
 
@@ -148,6 +152,7 @@ def _result(state: dict[str, Any], spec_id: str, max_epochs: int, target: str) -
         "epochs_done": state["epochs_done"],
         "max_epochs": max_epochs,
         "spec_id": spec_id,
+        "repeat": state.get("repeat", 0),
         "latency_ms": state.get("latency_ms"),
         "attempt": state.get("attempts", 1),
         "train_time_s": state.get("train_time_s"),
@@ -159,21 +164,24 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     from ray import tune
 
     from bhsearch.spec import get_spec
+    from bhsearch.tune.noise import REPEAT_KEY, config_key
     from bhsearch.tune.study import Study
 
     study_obj = Study.model_validate(study)
     spec = get_spec(config["spec_id"])
+    repeat, key = int(config.get(REPEAT_KEY) or 0), config_key(config)
     context = tune.get_context()
     run_dir = context.get_storage().experiment_fs_path
     work = trial_work_dir(run_dir, context.get_trial_id())
-    restored = _restore_work(work, run_dir, spec.id)
+    restored = _restore_work(work, run_dir, key)
     state = _read_state(work) if restored else {}
     max_epochs = study_obj.max_epochs
     if state.get("complete"):  # finished before an interruption: report its result once, train nothing
         tune.report(_result(state, spec.id, max_epochs, study_obj.target_metric), checkpoint=None)
         shutil.rmtree(work, ignore_errors=True)
         return
-    state.setdefault("spec_id", spec.id)
+    state.setdefault("spec_id", key)
+    state["repeat"] = repeat
     state.setdefault("epochs_done", 0)
     state.setdefault("metrics", {})
     state.setdefault("stages_done", [])
@@ -218,7 +226,7 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
         stage = getattr(study_obj.stages, name)
         if stage is None or name in state["stages_done"]:
             continue
-        run, stage_config = stage_trainer(study_obj, name, device)
+        run, stage_config = stage_trainer(study_obj, name, device, repeat)
         out_dir = work / name
         extra = {}
         if name == "finetune":
