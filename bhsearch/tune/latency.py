@@ -146,6 +146,7 @@ def _measure(spec_id: str, study: Any) -> dict[str, Any]:
         "latency_spread_pct": spread,
         "latency_p10_ms": 1000.0 * result["p10_s"],
         "latency_p90_ms": 1000.0 * result["p90_s"],
+        "latency_min_ms": 1000.0 * result["min_s"],
         "latency_source": "measured",
     }
 
