@@ -19,6 +19,7 @@ import pytest
 from _tune_helpers import PRETRAIN, write_study
 
 from bhsearch.errors import UsageError
+from bhsearch.export import export
 from bhsearch.spec import get_spec
 from bhsearch.tune.results import COLUMNS
 from bhsearch.tune.runner import run_study
@@ -42,9 +43,35 @@ def _trial_rows(run_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
+def _export(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "bhsearch", "export", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=_env(), timeout=300)
+
+
+def _detections(model, image):
+    import torch
+
+    model.roi_heads.score_thresh = 0.0  # every box the heads keep, not only the confident ones of a 1-epoch model
+    with torch.no_grad():
+        return model.eval()([image])[0]
+
+
 def test_tiny_study_runs_end_to_end(ray_session, synthetic_data, tmp_path):
+    def _untimed_trial(config, study):
+        """``run_trial`` in a worker where timing a network fails the trial (a closure: Ray pickles it by value)."""
+        import bhsearch.latency
+        import bhsearch.latency.measure
+        from bhsearch.tune.trial import run_trial
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("latency measured inside a trial")
+
+        bhsearch.latency.measure.measure_latency = refuse
+        bhsearch.latency.measure_latency = refuse
+        run_trial(config, study)
+
     study = load_study(write_study(tmp_path, synthetic_data, "e2e"))
-    outcome = run_study(study, verbose=0)
+    outcome = run_study(study, verbose=0, trial_fn=_untimed_trial)
     run_dir = outcome.run_dir
     csv = pd.read_csv(run_dir / "results.csv")
     parquet = pd.read_parquet(run_dir / "results.parquet")
@@ -57,6 +84,14 @@ def test_tiny_study_runs_end_to_end(ray_session, synthetic_data, tmp_path):
     assert (csv["score"] == csv["AP50_tiny"]).all()
     for col in ("top1", "AP50_tiny", "AP50_tiny1", "AP50_small", "latency_ms", "flops", "params"):
         assert csv[col].notna().all() and (csv[col] >= 0).all(), col
+    # latency: measured by the driver after the trials, once per spec, one thread, the study's 64x64 input
+    latency = json.loads((run_dir / "latency.json").read_text())
+    assert set(latency["specs"]) == set(csv["spec_id"])
+    assert latency["settings"]["threads"] == 1 and latency["settings"]["input_size"] == "64x64"
+    assert (csv["latency_source"] == "measured").all() and csv["latency_spread_pct"].notna().all()
+    for _, row in csv.iterrows():
+        assert row["latency_ms"] == pytest.approx(latency["specs"][row["spec_id"]]["latency_ms"])
+    assert not any("latency_ms" in r for rows in _trial_rows(run_dir).values() for r in rows)
     paper = csv[csv["role"] == "paper"].iloc[0]
     assert paper["blocks"] == "7-6-2-1" and bool(paper["bottom_heavy"])
     assert not bool(csv[csv["role"] == "base"].iloc[0]["bottom_heavy"])
@@ -71,11 +106,46 @@ def test_tiny_study_runs_end_to_end(ray_session, synthetic_data, tmp_path):
         assert rows[0]["score"] == pytest.approx(rows[0]["top1"] - 1000.0)
     # trials trained in node-local scratch folders, removed when the study ended
     assert not list(work_root(run_dir).parent.glob(f"{run_dir.name}-*"))
+    # every trial kept its fine-tuned detector: its newest checkpoint's finetune/ folder
+    for _, row in csv.iterrows():
+        assert re.fullmatch(rf"trial_{row['trial_id']}/checkpoint_\d+/finetune", row["weights"]), row["weights"]
+        assert (run_dir / row["weights"] / "model.safetensors").is_file()
+    _check_exports(run_dir, csv, tmp_path)
     # a finished study is not silently re-run, and there is nothing to resume under another name
     with pytest.raises(UsageError, match="pass --resume"):
         run_study(study, verbose=0)
     with pytest.raises(UsageError, match="no study to resume"):
         run_study(study.model_copy(update={"name": "other"}), resume=True, verbose=0)
+
+
+def _check_exports(run_dir: Path, csv: pd.DataFrame, tmp_path: Path) -> None:
+    """``bhsearch export RUN_DIR`` (best trial) and ``--trial ID``: the trained detector with the study's
+    detector settings, giving that trial's detections."""
+    import torch
+
+    from bhsearch.export import build_detector
+    from bhsearch.train.inference import load_run_model
+
+    image = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0))
+    last = csv.iloc[-1]["trial_id"]
+    for out, extra, trial_id in (("best", (), csv.iloc[0]["trial_id"]), ("other", ("--trial", last), last)):
+        proc = _export(str(run_dir), "--to", "torchvision", "--out", out, "--json", *extra, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        meta = json.loads((tmp_path / out / "spec.json").read_text())
+        assert meta["origin"].startswith(("best trial " if not extra else "trial ") + trial_id)
+        row = csv[csv["trial_id"] == trial_id].iloc[0]
+        assert meta["id"] == row["spec_id"]
+        settings = meta["detector"]  # the study's (tests/_tune_helpers.FINETUNE), not export's defaults
+        assert settings["fpn_channels"] == 16 and settings["image_size"] == [128, 128]
+        assert settings == json.loads((run_dir / row["weights"] / "spec.json").read_text())["detector"]
+        assert json.loads(proc.stdout)["report"]["weights"] == "all layers from model.safetensors"
+        trained, _ = load_run_model(run_dir / row["weights"])
+        exported = build_detector(tmp_path / out / "spec.json")
+        want, got = _detections(trained, image), _detections(exported, image)
+        assert len(want["boxes"]) > 0
+        assert torch.allclose(got["boxes"], want["boxes"], atol=1e-4)
+        assert torch.allclose(got["scores"], want["scores"], atol=1e-6)
+        assert torch.equal(got["labels"], want["labels"])
 
 
 def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_data, tmp_path):
@@ -98,6 +168,16 @@ def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_da
     assert (ok["status"] == "completed").all() and ok["error"].isna().all()
     assert failed["rank"] == 3  # failed trials rank last
     assert json.loads((outcome.run_dir / "best_spec.json").read_text())["id"] != paper_id
+    # a proxy-only study fine-tunes nothing: exporting it is one line, not random weights
+    assert df["weights"].isna().all() and pd.isna(failed["latency_ms"])
+    best = _export(str(outcome.run_dir), "--to", "torchvision", "--out", "x", cwd=tmp_path)
+    assert best.returncode == 2 and "Traceback" not in best.stderr and not (tmp_path / "x").exists()
+    line = best.stderr.strip()
+    assert "\n" not in line and f"best trial {df.iloc[0]['trial_id']} (completed) has no fine-tuned weights" in line
+    with pytest.raises(UsageError, match=rf"trial {failed['trial_id']} \(error\) has no fine-tuned weights"):
+        export(outcome.run_dir, "torchvision", tmp_path / "y", trial=failed["trial_id"])
+    with pytest.raises(UsageError, match=r"no trial 'nope' in this study \(trials: "):
+        export(outcome.run_dir, "torchvision", tmp_path / "y", trial="nope")
 
 
 def _ray_processes(temp_dir: str) -> list[int]:

@@ -11,7 +11,12 @@ DETECTORS = ("faster_rcnn", "retinanet", "fcos")
 DESCRIPTION = """\
 Export SOURCE to the detectors people use. SOURCE is a spec name (bh-resnet50), a spec id, a
 spec JSON/YAML file, an export or fine-tune folder (spec.json + weights), or a study directory
-(results.csv + best_spec.json: its best spec is exported).
+(a `bhsearch tune` run folder: its best trial is exported with the weights it was fine-tuned to
+and the detector settings it was trained with: FPN channels, anchors, heads, tile size, classes,
+norm; --trial ID exports any trial of results.csv). The weights are those of the trial's last
+fine-tuning epoch (trial_<id>/checkpoint_*/finetune/); a trial that never finished one (it
+failed, or was stopped while pre-training) has none and the export stops (exit 2) instead of
+writing random weights: pass --weights, or RUN_DIR/best_spec.json for the spec alone.
 
 Targets (files go into --out, default ./export; written to a temporary folder beside it first,
 so a failure leaves --out untouched):
@@ -29,6 +34,7 @@ so a failure leaves --out untouched):
 (bhsearch pretrain's backbone.safetensors); weights that do not fit the spec are an error that
 names the first mismatched tensor. Examples:
   bhsearch export runs/tinyperson --to torchvision --out export/
+  bhsearch export runs/tinyperson --trial 1a2b3_00004 --to onnx --out export-4/
   bhsearch export bh-resnet50 --weights runs/det/model.safetensors --to onnx --input 640x512
   bhsearch export bh-hrnet32 --to mmdet --detector faster_rcnn --out export/
 """
@@ -47,6 +53,9 @@ def register(subparsers) -> None:
         "--detector", choices=DETECTORS, help="detector type (default: the stored settings, else faster_rcnn)"
     )
     p.add_argument("--weights", metavar="FILE", help="trained weights (.safetensors): detector or backbone")
+    p.add_argument(
+        "--trial", metavar="ID", help="study directory: export this trial (trial_id of results.csv), not the best"
+    )
     p.add_argument("--input", default="640x512", metavar="WxH", help="input (tile) size WIDTHxHEIGHT (default 640x512)")
     p.add_argument("--out", default="export", metavar="DIR", help="output folder (default ./export)")
     p.add_argument("--num-classes", type=int, metavar="N", help="foreground classes (default: stored, else 1)")
@@ -126,6 +135,7 @@ def run(args) -> int:
         num_classes=args.num_classes,
         weights=args.weights,
         input_size=args.input,
+        trial=args.trial,
         **options,
     )
     if args.json:

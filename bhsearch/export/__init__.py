@@ -11,7 +11,8 @@ timm models (``bh_resnet50``, ``bh_hrnet18``, ``bh_hrnet32``, ``bhsearch_*``) ar
 
 ``build_detector`` and ``export`` take a spec, a registered name, a spec id, a ``spec.json``
 path, an export or fine-tune folder (``spec.json`` + ``weights.safetensors`` /
-``model.safetensors``), or a study directory (``results.csv`` + ``best_spec.json``).
+``model.safetensors``), or a study directory (``results.csv`` + ``best_spec.json``): its best trial's
+fine-tuned detector and settings, or any trial's with ``trial=``.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def build_detector(
     detector: str | None = None,
     num_classes: int | None = None,
     weights: str | Path | None = None,
+    trial: str | None = None,
     **kwargs: Any,
 ):
     """A torchvision detector for ``spec_or_path``, rebuilt with its stored detector settings.
@@ -102,13 +104,14 @@ def build_detector(
     other keyword arguments override settings (see ``bhsearch.detectors.build_detector``).
     ``weights`` is a safetensors file with a whole detector (``bhsearch finetune``'s
     ``model.safetensors``) or a backbone only (``bhsearch pretrain``'s ``backbone.safetensors``);
-    an export / fine-tune folder loads its own weights unless ``weights`` is given.
+    an export / fine-tune folder loads its own weights unless ``weights`` is given, a study directory its
+    best trial's fine-tuned detector (or ``trial``'s) with the settings it was trained with.
     The model is returned in eval mode.
     """
     from bhsearch import detectors
     from bhsearch.detectors import read_safetensors
 
-    source = resolve_source(spec_or_path)
+    source = resolve_source(spec_or_path, trial=trial, need_weights=weights is None)
     model = detectors.build_detector(source.spec, **detector_kwargs(source, detector, num_classes, **kwargs))
     path = weights if weights is not None else source.weights
     if path is not None:
@@ -124,9 +127,13 @@ def export(
     num_classes: int | None = None,
     weights: str | Path | None = None,
     input_size: Any = (640, 512),
+    trial: str | None = None,
     **options: Any,
 ) -> ExportResult:
     """Export ``spec_or_path`` to ``target`` (one of ``TARGETS``) in the folder ``out``.
+
+    A study directory exports its best trial (``trial``: any trial id of ``results.csv``) with its fine-tuned
+    weights and detector settings; a trial without fine-tuned weights is an error unless ``weights`` is given.
 
     Files are written into a temporary folder beside ``out`` and moved in at the end, so a
     failure leaves ``out`` untouched.
@@ -140,7 +147,7 @@ def export(
     size = parse_input_size(input_size)
     if max(size) > MAX_EXPORT_SIDE:  # the exporters trace and check the model at this size
         raise UsageError(f"export input must be at most {MAX_EXPORT_SIDE} px a side, got {size[0]}x{size[1]}")
-    source = resolve_source(spec_or_path)
+    source = resolve_source(spec_or_path, trial=trial, need_weights=weights is None)
     if weights is not None:
         source.weights = Path(weights)
     module = import_module(f"bhsearch.export.{target}")

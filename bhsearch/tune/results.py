@@ -3,6 +3,9 @@
 Built from the files Tune leaves in the run folder (``trial_*/params.json``, ``result.json``,
 ``error.txt``) and bhsearch's own trial record (``tune_state.json``: statuses, trials that never
 started), so it also works for an interrupted study and needs no running Ray. Only JSON is read.
+Latency comes from ``latency.json`` (``bhsearch.tune.latency``, measured by the driver after the trials, or
+predicted from a profile table); ``weights`` is the folder, relative to the run folder, of the trial's
+fine-tuned detector (``bhsearch.tune.state.trial_weights``), empty when it has none.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ COLUMNS = [
     "bh_share",
     "bottom_heavy",
     "latency_ms",
+    "latency_spread_pct",
+    "latency_source",
     "top1",
     "AP50_tiny",
     "AP50_tiny1",
@@ -61,6 +66,7 @@ COLUMNS = [
     "status",
     "error",
     "train_time_s",
+    "weights",
 ]
 #: ``top1`` and every metric a study may rank by (``bhsearch.tune.study.DETECTION_METRICS``), TinyPerson's,
 #: WiderFace's and AI-TOD's; a study fills those of its fine-tuning data.
@@ -142,10 +148,12 @@ def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | Non
     """One dict per trial folder of ``run_dir`` (see ``COLUMNS``)."""
     from bhsearch.cost import count
     from bhsearch.tune import state as state_mod
+    from bhsearch.tune.latency import latency_entries
     from bhsearch.tune.runner import load_pool
 
     run_dir = Path(run_dir)
     record = _record(run_dir)
+    latency = latency_entries(run_dir)
     if statuses is None and record is not None:
         statuses = state_mod.statuses(record)
     statuses = statuses or {}
@@ -163,13 +171,14 @@ def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | Non
         trial_id = last.get("trial_id") or trial_dir.name.removeprefix("trial_")
         error = _error_line(trial_dir)
         epochs = int(last.get("epochs_done", 0) or 0)
+        weights = state_mod.trial_weights(trial_dir)
         row: dict[str, Any] = {
             "trial_id": trial_id,
             "spec_id": spec_id,
             "role": roles.get(spec_id, "candidate"),
             "repeat": int(config.get("repeat") or 0),
             **_spec_columns(spec_id, study.input_size, base_share),
-            "latency_ms": last.get("latency_ms"),
+            **_latency(latency.get(spec_id), last),
             **{m: last.get(m) for m in METRIC_COLUMNS},
             "score": last.get("score"),
             "epochs": epochs,
@@ -177,6 +186,7 @@ def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | Non
             "status": _status(statuses.get(trial_id), error, epochs, study.max_epochs),
             "error": error,
             "train_time_s": last.get("train_time_s"),
+            "weights": weights.relative_to(run_dir).as_posix() if weights is not None else None,
         }
         rows.append(row)
     seen = {row["trial_id"] for row in rows}
@@ -196,6 +206,16 @@ def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | Non
             }
         )
     return rows
+
+
+def _latency(entry: dict[str, Any] | None, last: dict[str, Any]) -> dict[str, Any]:
+    """The latency columns of a spec: ``latency.json``'s entry; else, in run folders of older bhsearch versions,
+    the figure a trial measured while other trials trained (``latency_source`` ``in-trial``)."""
+    if entry is not None:
+        return {k: entry.get(k) for k in ("latency_ms", "latency_spread_pct", "latency_source")}
+    if last.get("latency_ms") is not None:
+        return {"latency_ms": last["latency_ms"], "latency_spread_pct": None, "latency_source": "in-trial"}
+    return {"latency_ms": None, "latency_spread_pct": None, "latency_source": None}
 
 
 def _record(run_dir: Path) -> dict[str, Any] | None:
@@ -233,12 +253,20 @@ def results_table(rows: list[dict[str, Any]]):
     for col in ("params", "macs", "flops", "activations", "epochs", "max_epochs"):
         df[col] = df[col].astype("int64")
     df["repeat"] = pd.to_numeric(df["repeat"], errors="coerce").fillna(0).astype("int64")
-    for col in ("latency_ms", *METRIC_COLUMNS, *NOISE_NUMBERS, "score", "train_time_s", "bh_share"):
+    for col in (
+        "latency_ms",
+        "latency_spread_pct",
+        *METRIC_COLUMNS,
+        *NOISE_NUMBERS,
+        "score",
+        "train_time_s",
+        "bh_share",
+    ):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     df["bottom_heavy"] = df["bottom_heavy"].astype(bool)
     df["in_best_set"] = df["in_best_set"].fillna(False).astype(bool)
-    df["vs_base"] = df["vs_base"].astype("object").where(df["vs_base"].notna(), None)
-    df["error"] = df["error"].astype("object").where(df["error"].notna(), None)
+    for col in ("error", "latency_source", "weights", "vs_base"):
+        df[col] = df[col].astype("object").where(df[col].notna(), None)
     return df
 
 

@@ -601,6 +601,9 @@ def run_study(
     if num_samples is not None:
         study = study.model_copy(update={"search": study.search.model_copy(update={"num_samples": num_samples})})
     check_data(study)  # before Ray: a missing dataset is one line, not a study of failed trials
+    from bhsearch.tune.latency import check_latency, update_latency
+
+    check_latency(study, [c.spec for c in pool])  # a profile that cannot predict a candidate: one line, now
     _tune_env()
     from ray import tune
 
@@ -684,6 +687,16 @@ def run_study(
         if interrupted:
             raise StudyInterrupted(run_dir, {})
         raise UsageError(f"{run_dir}: the study did not start")  # pragma: no cover - defensive
+    if not interrupted or study.latency.profile:  # predictions are instant; measuring waits for --resume
+        try:
+            update_latency(run_dir, study)  # after the trials, Ray shut down: nothing else runs on the CPUs
+        except KeyboardInterrupt:
+            interrupted = True  # what was measured is kept in latency.json; --resume measures the rest
+        except (BhsearchError, RuntimeError, OSError) as exc:  # the trials' results still get written
+            import sys
+
+            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"bhsearch tune: warning: latency not measured ({line}); --resume measures it", file=sys.stderr)
     table = write_results(run_dir, study, statuses=state_mod.statuses(state))
     counts = {str(k): int(v) for k, v in table["status"].value_counts().items()} if len(table) else {}
     if interrupted:

@@ -127,6 +127,40 @@ def latest_checkpoint(trial_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+#: Where a trial's fine-tuned detector is inside one of its checkpoints (``bhsearch.train.finetune``'s out_dir).
+WEIGHTS_DIR = "finetune"
+WEIGHTS_FILES = ("model.safetensors", "spec.json")
+
+
+def trial_weights(trial_dir: Path) -> Path | None:
+    """The ``finetune/`` folder (``model.safetensors`` + ``spec.json``) of the newest checkpoint of a trial that
+    has one: the fine-tuned detector as of the trial's last reported fine-tuning epoch (completed, stopped
+    by ASHA or interrupted alike). None when the trial never finished a fine-tuning epoch (it failed, or was
+    stopped while pre-training).
+
+    Tune keeps the newest ``checkpoint_keep`` checkpoints of a trial, so the newest one is never pruned, and a
+    resumed trial reports a checkpoint of its own (a retried trial's folder, with its checkpoints, moves to
+    ``retried/``). The newest checkpoint wins; an older one is used only when a newer one lacks the files (a
+    copy cut short by a kill).
+    """
+    found = sorted((p for p in Path(trial_dir).glob("checkpoint_*") if p.is_dir()), reverse=True)
+    for checkpoint in found:
+        folder = checkpoint / WEIGHTS_DIR
+        if all((folder / name).is_file() for name in WEIGHTS_FILES):
+            return folder
+    return None
+
+
+def trial_folder(run_dir: Path, trial_id: str, state: dict[str, Any] | None = None) -> Path | None:
+    """The folder of trial ``trial_id`` of ``run_dir`` (``tune_state.json``'s ``dir``, else ``trial_<id>``)."""
+    entry = (state or {}).get("trials", {}).get(trial_id) if state else None
+    rel = entry.get("dir") if isinstance(entry, dict) and isinstance(entry.get("dir"), str) else f"trial_{trial_id}"
+    folder = (Path(run_dir) / rel).resolve()
+    if Path(run_dir).resolve() not in folder.parents or not folder.is_dir():
+        return None
+    return folder
+
+
 def checkpoint_epochs(checkpoint: Path) -> int:
     from bhsearch.tune.trial import STATE_FILE as TRIAL_STATE
 
@@ -270,4 +304,6 @@ __all__ = [
     "resume_checkpoint",
     "save_state",
     "statuses",
+    "trial_folder",
+    "trial_weights",
 ]

@@ -197,13 +197,50 @@ class ResourcesConfig(_Strict):
 
 
 class LatencyConfig(_Strict):
-    """CPU forward-time measurement done at the start of every trial."""
+    """Backbone forward time of every trained spec (``bhsearch.tune.latency``): measured by the driver after
+    the trials, one spec at a time with ``threads`` intra-op threads, or predicted from a ``bhsearch profile``
+    table (``profile``). Never timed while trials train."""
 
     enabled: bool = True
     input_size: str | None = None  # default: the study's input_size
     device: str = "cpu"
-    warmup: int = Field(default=1, ge=0)
-    reps: int = Field(default=3, ge=1)
+    warmup: int = Field(default=2, ge=0)
+    reps: int = Field(default=10, ge=1)
+    threads: int = Field(default=1, ge=1)  # intra-op CPU threads while measuring (restored afterwards)
+    clock: Literal["wall", "cpu"] = "wall"  # cpu: the measuring thread's CPU time (needs threads: 1)
+    profile: str | None = None  # a `bhsearch profile` table: predicted latency instead of measured
+
+    @field_validator("input_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        from bhsearch.spec import parse_input_size
+
+        if value is not None:
+            try:
+                parse_input_size(value)
+            except UsageError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("profile must be the path of a `bhsearch profile` table")
+        return value
+
+    @model_validator(mode="after")
+    def _clock_threads(self) -> LatencyConfig:
+        if self.clock == "cpu" and self.threads != 1:
+            raise ValueError(f"clock 'cpu' times the measuring thread only: use it with threads: 1, not {self.threads}")
+        return self
 
 
 class RayConfig(_Strict):
@@ -354,6 +391,8 @@ class Study(_Strict):
         data["storage"] = fix(self.storage)
         if self.space.file:
             data["space"]["file"] = fix(self.space.file)
+        if self.latency.profile:
+            data["latency"]["profile"] = fix(self.latency.profile)
         data["stages"] = {"pretrain": fix_stage(self.stages.pretrain), "finetune": fix_stage(self.stages.finetune)}
         return Study.model_validate(data)
 

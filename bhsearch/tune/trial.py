@@ -7,7 +7,10 @@ ImageNet32 pre-training, TinyPerson fine-tuning (``run_finetune``) or WiderFace 
 The trial reports to Tune after every epoch of every stage (``training_iteration`` counts
 trial-epochs across stages, which is ASHA's time axis) with a checkpoint of its working
 folder, so ASHA can stop weak candidates early and an interrupted trial resumes from its
-last epoch.
+last epoch. The newest checkpoint's ``finetune/`` folder (``model.safetensors`` + ``spec.json``) holds the
+trial's fine-tuned detector as of its last epoch; ``bhsearch export RUN_DIR [--trial ID]`` exports it
+(``bhsearch.tune.state.trial_weights``). A trial times nothing: latency is measured by the driver after
+all trials (``bhsearch.tune.latency``).
 
 Fidelity-aware score
 --------------------
@@ -110,18 +113,6 @@ def trial_work_dir(run_dir: str | Path, trial_id: str) -> Path:
     return work
 
 
-def measure_forward_latency(spec: Any, study: Any) -> float | None:
-    """Median forward time of the backbone in milliseconds (``bhsearch.latency.measure_latency``)."""
-    cfg = study.latency
-    if not cfg.enabled:
-        return None
-    from bhsearch.latency import measure_latency
-
-    size = cfg.input_size or study.input_size
-    result = measure_latency(spec, size, device=cfg.device, warmup=cfg.warmup, reps=cfg.reps)
-    return 1000.0 * result["median_s"]
-
-
 def stage_trainer(study: Any, stage: str, device: str | None = None, repeat: int = 0) -> tuple[Any, Any]:
     """``(run function, config)`` that train ``stage`` of ``study`` on its data (``STAGE_TRAINERS``); the config is
     validated as when the study was loaded (``bhsearch.tune.study.stage_config``). A seed repeat ``repeat`` > 0
@@ -153,7 +144,6 @@ def _result(state: dict[str, Any], spec_id: str, max_epochs: int, target: str) -
         "max_epochs": max_epochs,
         "spec_id": spec_id,
         "repeat": state.get("repeat", 0),
-        "latency_ms": state.get("latency_ms"),
         "attempt": state.get("attempts", 1),
         "train_time_s": state.get("train_time_s"),
     }
@@ -177,7 +167,9 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     state = _read_state(work) if restored else {}
     max_epochs = study_obj.max_epochs
     if state.get("complete"):  # finished before an interruption: report its result once, train nothing
-        tune.report(_result(state, spec.id, max_epochs, study_obj.target_metric), checkpoint=None)
+        # with the checkpoint it finished with, so this trial's folder holds its fine-tuned weights too
+        checkpoint = tune.Checkpoint.from_directory(str(work))
+        tune.report(_result(state, spec.id, max_epochs, study_obj.target_metric), checkpoint=checkpoint)
         shutil.rmtree(work, ignore_errors=True)
         return
     state.setdefault("spec_id", key)
@@ -194,8 +186,6 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
 
-    if "latency_ms" not in state:
-        state["latency_ms"] = measure_forward_latency(spec, study_obj)
     target = study_obj.target_metric
     t_start = time.perf_counter() - state.get("train_time_s", 0.0)
 
@@ -243,4 +233,4 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in Tune's checkpoint
 
 
-__all__ = ["FIDELITY_STEP", "fidelity_score", "measure_forward_latency", "run_trial", "stage_trainer", "work_root"]
+__all__ = ["FIDELITY_STEP", "fidelity_score", "run_trial", "stage_trainer", "work_root"]
