@@ -235,3 +235,19 @@ def test_custom_anchor_sizes_and_ratios():
     assert tall.tolist() == [-2.0, -5.0, 2.0, 5.0]  # 6 / sqrt(3) wide, 6 * sqrt(3) tall, rounded by torchvision
     assert math.isclose(detector_settings(model)["aspect_ratios"][2], 3.0)
     _train_and_eval(model, "faster_rcnn")
+
+
+def test_representation_size_sets_the_box_head_width_and_survives_a_rebuild():
+    spec = get_spec("resnet50").scaled(0.0625)
+    model = build_detector(spec, fpn_channels=16, representation_size=48, num_classes=3)
+    head, predictor = model.roi_heads.box_head, model.roi_heads.box_predictor
+    assert (head.fc6.in_features, head.fc6.out_features, head.fc7.out_features) == (16 * 7 * 7, 48, 48)
+    assert (predictor.cls_score.in_features, predictor.cls_score.out_features) == (48, 4)  # 3 classes + background
+    settings = detector_settings(model)
+    assert settings["representation_size"] == 48
+    again = build_detector(spec, **settings)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in again.state_dict().items()}
+    assert "representation_size" not in detector_settings(build_detector(spec, fpn_channels=16))
+    with pytest.raises(UsageError, match="representation_size"):
+        build_detector(spec, detector="retinanet", representation_size=48)

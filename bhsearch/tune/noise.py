@@ -4,7 +4,8 @@ A repeat is a trial whose config carries ``repeat: k`` (k = 1 .. K-1) next to it
 spec with every stage's seed offset by ``k``. Repeats
 
 * are issued first, before the searcher's own trials (``FixedFirst``), so the noise floor is known early;
-* run to the end: ASHA never stops them and their results never enter its rungs (``RepeatAwareASHA``);
+* run to the end: ASHA never stops them and their results never enter its rungs (``RepeatAwareASHA``; the
+  reference points' own search trials run to the end too);
 * are never shown to the searcher (Optuna learns only from the trials it proposed);
 * are keyed ``SPEC_ID#rK`` in the study's trial record (``trial_key``), so resume tells them from the search
   trial of the same spec.
@@ -83,15 +84,22 @@ def fixed_first(configs: list[dict[str, Any]], inner: Any = None):
     return FixedFirst()
 
 
-def repeat_aware_asha(**kwargs: Any):
-    """``ASHAScheduler(**kwargs)`` that lets seed repeats run to the end and keeps them out of its rungs."""
+def repeat_aware_asha(protected: set[str] | frozenset[str] = frozenset(), **kwargs: Any):
+    """``ASHAScheduler(**kwargs)`` that lets seed repeats run to the end and keeps them out of its rungs.
+
+    Trials of the ``protected`` spec ids (the reference points) also run to the end, so every comparison has
+    its anchors; their results do enter the rungs, as any search trial's.
+    """
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     class RepeatAwareASHA(ASHAScheduler):
         def on_trial_result(self, tune_controller, trial, result):
             if trial.config.get(REPEAT_KEY):
                 return TrialScheduler.CONTINUE
-            return super().on_trial_result(tune_controller, trial, result)
+            action = super().on_trial_result(tune_controller, trial, result)
+            if trial.config.get("spec_id") in protected and result.get(self._time_attr, 0) < self._max_t:
+                return TrialScheduler.CONTINUE
+            return action
 
         def on_trial_complete(self, tune_controller, trial, result):
             if trial.config.get(REPEAT_KEY):

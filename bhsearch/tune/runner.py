@@ -481,6 +481,7 @@ def _scheduler(study: Study, run_dir: Path, done: dict[str, dict[str, Any]]):
     if study.scheduler.type != "asha":
         return FIFOScheduler()
     scheduler = repeat_aware_asha(
+        protected={spec.id for _, spec in study.reference_specs()},
         time_attr="epochs_done",
         max_t=study.max_epochs,
         grace_period=min(study.scheduler.grace_period, study.max_epochs),
