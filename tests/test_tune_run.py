@@ -19,6 +19,7 @@ import pytest
 from _tune_helpers import PRETRAIN, write_study
 
 from bhsearch.errors import UsageError
+from bhsearch.report import short_arch
 from bhsearch.spec import get_spec
 from bhsearch.tune.results import COLUMNS
 from bhsearch.tune.runner import run_study
@@ -54,14 +55,14 @@ def test_tiny_study_runs_end_to_end(ray_session, synthetic_data, tmp_path):
     assert (csv["status"] == "completed").all(), csv[["spec_id", "status", "error"]]
     assert (csv["epochs"] == 2).all() and (csv["max_epochs"] == 2).all()
     # fidelity-aware score at the final epoch is the target metric itself
-    assert (csv["score"] == csv["AP50_tiny"]).all()
+    assert (csv["search_score"] == csv["AP50_tiny"]).all()
     for col in ("top1", "AP50_tiny", "AP50_tiny1", "AP50_small", "latency_ms", "flops", "params"):
         assert csv[col].notna().all() and (csv[col] >= 0).all(), col
     paper = csv[csv["role"] == "paper"].iloc[0]
     assert paper["blocks"] == "7-6-2-1" and bool(paper["bottom_heavy"])
     assert not bool(csv[csv["role"] == "base"].iloc[0]["bottom_heavy"])
     assert list(csv["rank"]) == [1, 2, 3]
-    assert list(csv["score"]) == sorted(csv["score"], reverse=True)
+    assert list(csv["search_score"]) == sorted(csv["search_score"], reverse=True)
     best = json.loads((run_dir / "best_spec.json").read_text())
     assert best["id"] == csv.iloc[0]["spec_id"] and get_spec(best["spec"]).id == best["id"]
     # every epoch of both stages was reported, in order, with one attempt each
@@ -78,7 +79,7 @@ def test_tiny_study_runs_end_to_end(ray_session, synthetic_data, tmp_path):
         run_study(study.model_copy(update={"name": "other"}), resume=True, verbose=0)
 
 
-def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_data, tmp_path):
+def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_data, tmp_path, capfd):
     study = load_study(write_study(tmp_path, synthetic_data, "fail", finetune=False))
     paper_id = next(s.id for role, s in study.reference_specs() if role == "paper")
 
@@ -89,7 +90,9 @@ def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_da
             raise RuntimeError("injected failure for this candidate")
         run_trial(config, study)
 
+    capfd.readouterr()
     outcome = run_study(study, verbose=0, trial_fn=flaky_trial)
+    err = capfd.readouterr().err
     df = outcome.table
     assert len(df) == 3
     failed = df[df["spec_id"] == paper_id].iloc[0]
@@ -97,6 +100,13 @@ def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_da
     ok = df[df["spec_id"] != paper_id]
     assert (ok["status"] == "completed").all() and ok["error"].isna().all()
     assert failed["rank"] == 3  # failed trials rank last
+    # the failure is one line on stderr (Tune's logged traceback is off), naming the error and error.txt
+    error_file = outcome.run_dir / f"trial_{failed['trial_id']}" / "error.txt"
+    assert [ln for ln in err.splitlines() if "injected failure" in ln] == [
+        f"trial {failed['trial_id']} failed ({short_arch(paper_id)}): RuntimeError: injected failure for this "
+        f"candidate; see {error_file}"
+    ], err
+    assert "Traceback" not in err and "Trials did not complete" not in err and error_file.is_file()
     assert json.loads((outcome.run_dir / "best_spec.json").read_text())["id"] != paper_id
 
 
