@@ -32,10 +32,11 @@ TABLE_COLUMNS = (
     "activations",
     "latency_ms",
     "top1",
-    "score",
     "epochs",
     "status",
 )
+#: Columns printed right after the target metric: the spec's mean over seeds, its 95 % interval, the verdict.
+NOISE_COLUMNS = ("mean (seeds)", "95 % interval", "vs base")
 
 
 def pareto_front(costs: list[float], values: list[float]) -> list[bool]:
@@ -340,6 +341,7 @@ def build_report(
     info["noise"] = noise_summary(df, target, study.noise.repeats)
     info["plots"] = make_plots(df, run_dir / "plots", target, study, agreement) if plots else []
     best_path = run_dir / "best_spec.json"
+    info["scheduler"] = study.scheduler.type
     info["best"] = json.loads(best_path.read_text()) if best_path.is_file() else None
     info["best_spec_path"] = str(best_path) if best_path.is_file() else None
     info["counts"] = {str(k): int(v) for k, v in df["status"].value_counts().items()}
@@ -355,9 +357,25 @@ def _fmt(value: Any) -> str:
 
 
 def short_arch(spec_id: str) -> str:
-    """A spec id without the family and block type, e.g. ``k3s1pc8 7-6-2-1 w8-16-32-64 s2-2-2-2``."""
+    """A spec id without the family (and a ResNet's block type), e.g. ``k3s1pc8 7-6-2-1 w8-16-32-64 s2-2-2-2``
+    or ``w32 s22 4b64 1x4.4 4x4.4.4 3x4.4.4.4``."""
     parts = spec_id.split(":")
+    if parts[0] == "hrnet" and len(parts) > 1:
+        return " ".join(parts[1:])
     return " ".join(parts[2:]) if len(parts) > 2 else spec_id
+
+
+def _noise_cell(col: str, row: dict[str, Any]) -> str:
+    """The role (with the seed repeat), mean over seeds, 95 % interval and verdict cells of a table row."""
+    if col == "role":
+        role = str(row.get("role") or "-")
+        return f"{role} (seed +{row['repeat']})" if row.get("repeat") else role
+    mean, n, lo, hi = (row.get(k) for k in ("metric_mean", "metric_seeds", "ci95_low", "ci95_high"))
+    if col == "mean (seeds)":
+        return f"{mean:.2f} ({int(n)})" if _finite(mean) and _finite(n) else "-"
+    if col == "95 % interval":
+        return f"[{lo:.1f}, {hi:.1f}]" if _finite(lo) and _finite(hi) else "-"
+    return str(row.get("vs_base") or "-")
 
 
 def print_noise(info: dict[str, Any], console: Any) -> None:
@@ -380,6 +398,92 @@ def print_noise(info: dict[str, Any], console: Any) -> None:
         console.print(f"best set ({len(best)}: not significantly worse than the top at 95 %): {names}")
 
 
+def status_text(status: str | None, epochs: Any, max_epochs: Any, scheduler: str | None = "asha") -> str:
+    """``completed``, ``stopped by ASHA at epoch 4 of 8``, ``unfinished at epoch 2 of 8``, ``error`` (at epoch N
+    when it had trained any): a trial's status in words (``epochs`` are trial-epochs, pre-train + fine-tune)."""
+    status = status or "unfinished"
+    try:
+        at = f" at epoch {int(epochs)} of {int(max_epochs)}" if int(epochs) > 0 else ""
+    except (TypeError, ValueError):
+        at = ""
+    if status == "stopped":
+        return ("stopped by ASHA" if scheduler == "asha" else "stopped") + at
+    if status in ("error", "unfinished"):
+        return status + at
+    return status
+
+
+def _resnet_legend(spec: Any) -> str:
+    from bhsearch.spec import _default_resnet_strides, _default_resnet_widths
+
+    parts = spec.id.split(":")
+    stem = parts[2]
+    if spec.deep_stem:
+        what = f"deep stem (three 3x3 convs), stride {spec.stem_stride} (s{spec.stem_stride})"
+    else:
+        k = spec.stem_kernel
+        what = f"stem {k}x{k} conv (k{k}), stride {spec.stem_stride} (s{spec.stem_stride})"
+    what += ", 3x3 max-pool (p)" if spec.stem_pool else ""
+    what += f", {spec.stem_width} channels (c{spec.stem_width}; 64 if absent)" if "c" in stem else ", 64 channels"
+    n = len(spec.blocks)
+    widths = "-".join(map(str, _default_resnet_widths(n)))
+    strides = "-".join(map(str, _default_resnet_strides(n)))
+    w = next((p for p in parts[4:] if p.startswith("w")), "w..")
+    st = next((p for p in parts[4:] if p.startswith("s")), "s..")
+    channels = "3x3 conv channels, output x4" if spec.block == "bottleneck" else "channels"
+    return (
+        f"arch: {stem} = {what}; {parts[3]} = {spec.block} blocks per stage; {w} = stage widths "
+        f"({channels}; {widths} if absent); {st} = stage strides ({strides} if absent)"
+    )
+
+
+def _hrnet_legend(spec: Any) -> str:
+    parts = spec.id.split(":")
+    wcode, stem, s1, first = parts[1], parts[2], parts[3], parts[4] if len(parts) > 4 else "1x4.4"
+    widths = "-".join(map(str, spec.branch_widths))
+    st = spec.stages[0] if spec.stages else None
+    if st is None:
+        stage = "MxB.B = a later stage: M modules with B blocks per branch"
+    else:
+        each = (
+            f"{st.blocks[0]} blocks on each of its {len(st.blocks)} branches"
+            if len(set(st.blocks)) == 1
+            else f"{'/'.join(map(str, st.blocks))} blocks on its {len(st.blocks)} branches"
+        )
+        modules = f"{st.modules} module{'s' if st.modules != 1 else ''}"
+        stage = f"{first} = a later stage: {modules} with {each} (a trailing b: bottleneck blocks)"
+    return (
+        f"arch: {wcode} = branch widths {widths} (one width: doubling per branch); {stem} = stem conv strides "
+        f"{' and '.join(map(str, spec.stem_strides))} (p: max-pool after stage 1; cN: N stem channels, 64 if absent); "
+        f"{s1} = stage 1: {spec.stage1_blocks} {spec.stage1_block} blocks (b; a: basic) of width {spec.stage1_width}; "
+        f"{stage}"
+    )
+
+
+def arch_legend(spec_ids: list[str]) -> list[str]:
+    """What the ``arch`` column's codes mean, one line per family in ``spec_ids``, explained on the id with the
+    most parts (so widths and strides show when any candidate has them); ``bhsearch.spec`` has the format."""
+    from bhsearch.errors import UsageError
+    from bhsearch.spec import HRNetSpec, ResNetSpec, get_spec
+
+    examples: dict[str, Any] = {}
+    for spec_id in spec_ids:
+        try:
+            spec = get_spec(spec_id)
+        except UsageError:
+            continue
+        best = examples.get(spec.family)
+        if best is None or len(spec.id.split(":")) > len(best.id.split(":")):
+            examples[spec.family] = spec
+    lines = []
+    for spec in examples.values():
+        if isinstance(spec, ResNetSpec):
+            lines.append(_resnet_legend(spec))
+        elif isinstance(spec, HRNetSpec):
+            lines.append(_hrnet_legend(spec))
+    return lines
+
+
 def print_report(info: dict[str, Any], console: Any = None) -> None:
     """A rich ranked table and summary lines."""
     from rich.console import Console
@@ -387,14 +491,22 @@ def print_report(info: dict[str, Any], console: Any = None) -> None:
 
     console = console or Console(width=None if Console().is_terminal else 150)
     metric = info["metric"]
-    table = Table(title=f"study {info['study']}: ranked by {metric} (score = {metric} at the final epoch)")
-    cols = [*TABLE_COLUMNS[:7], metric, *TABLE_COLUMNS[7:]] if metric != "top1" else list(TABLE_COLUMNS)
+    table = Table(
+        title=f"study {info['study']}: ranked by {metric}; metrics and epochs are each trial's last reported",
+        caption="completed trials first, then stopped ones by the epoch they reached and their metric there",
+    )
+    cols = [*TABLE_COLUMNS[:7], metric, *NOISE_COLUMNS, *TABLE_COLUMNS[7:]]
     for col in cols:
-        table.add_column(col, justify="left" if col in ("arch", "role", "status") else "right")
+        table.add_column(col, justify="left" if col in ("arch", "role", "status", "vs base") else "right")
     for row in info["ranking"]:
         cells = []
         for col in cols:
             v = short_arch(row.get("spec_id", "")) if col == "arch" else row.get(col)
+            if col in NOISE_COLUMNS or col == "role":
+                cells.append(_noise_cell(col, row))
+                continue
+            if col == "status":
+                v = status_text(v, row.get("epochs"), row.get("max_epochs"), info.get("scheduler", "asha"))
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 cells.append("-")
             elif col == "flops":
@@ -407,6 +519,8 @@ def print_report(info: dict[str, Any], console: Any = None) -> None:
                 cells.append(str(v))
         table.add_row(*cells, style="bold" if row.get("rank") == 1 and row.get("status") == "completed" else None)
     console.print(table)
+    for line in arch_legend([row.get("spec_id", "") for row in info["ranking"]]):
+        console.print(line, highlight=False)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(info["counts"].items()))
     console.print(
         f"trials: {info['trials']} ({counts}); trial-epochs spent {info['epochs_spent']} of {info['epochs_all_to_end']} if all ran to the end"
@@ -432,4 +546,14 @@ def print_report(info: dict[str, Any], console: Any = None) -> None:
         console.print("plots: " + ", ".join(info["plots"]))
 
 
-__all__ = ["build_report", "edf", "kendall_tau", "make_plots", "pareto_front", "print_report"]
+__all__ = [
+    "arch_legend",
+    "build_report",
+    "edf",
+    "kendall_tau",
+    "make_plots",
+    "pareto_front",
+    "print_report",
+    "short_arch",
+    "status_text",
+]

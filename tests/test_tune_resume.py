@@ -266,7 +266,7 @@ def test_errored_trial_is_retried_on_resume_without_unpickling(ray_session, synt
     assert (run_dir / "retried" / f"trial_{failed['trial_id']}" / "error.txt").is_file()
     for trial_id, row in kept.items():  # finished trials were neither lost nor run again
         again = csv[csv["trial_id"] == trial_id].iloc[0]
-        assert again["score"] == row["score"] and again["spec_id"] == row["spec_id"]
+        assert again["search_score"] == row["search_score"] and again["spec_id"] == row["spec_id"]
     assert second.table["status"].tolist() == ["completed"] * 3
     state = json.loads((run_dir / "tune_state.json").read_text())
     assert state["trials"][failed["trial_id"]]["status"] == "RETRIED"
@@ -383,7 +383,7 @@ def test_sigint_exits_130_labels_unfinished_and_resume_finishes(synthetic_data, 
     csv = pd.read_csv(run_dir / "results.csv")
     assert (csv["status"] == "completed").all() and csv["spec_id"].is_unique
     for trial_id, row in completed.items():
-        assert csv[csv["trial_id"] == trial_id].iloc[0]["score"] == row["score"]
+        assert csv[csv["trial_id"] == trial_id].iloc[0]["search_score"] == row["search_score"]
     spec_of = _state(run_dir)["trials"][running]["spec_id"]
     again = csv[csv["spec_id"] == spec_of].iloc[0]
     rows = [json.loads(ln) for ln in (run_dir / f"trial_{again['trial_id']}" / "result.json").read_text().splitlines()]

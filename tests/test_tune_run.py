@@ -20,6 +20,7 @@ from _tune_helpers import PRETRAIN, write_study
 
 from bhsearch.errors import UsageError
 from bhsearch.export import export
+from bhsearch.report import short_arch
 from bhsearch.spec import get_spec
 from bhsearch.tune.results import COLUMNS
 from bhsearch.tune.runner import run_study
@@ -81,7 +82,7 @@ def test_tiny_study_runs_end_to_end(ray_session, synthetic_data, tmp_path):
     assert (csv["status"] == "completed").all(), csv[["spec_id", "status", "error"]]
     assert (csv["epochs"] == 2).all() and (csv["max_epochs"] == 2).all()
     # fidelity-aware score at the final epoch is the target metric itself
-    assert (csv["score"] == csv["AP50_tiny"]).all()
+    assert (csv["search_score"] == csv["AP50_tiny"]).all()
     for col in ("top1", "AP50_tiny", "AP50_tiny1", "AP50_small", "latency_ms", "flops", "params"):
         assert csv[col].notna().all() and (csv[col] >= 0).all(), col
     # latency: measured by the driver after the trials, once per spec, one thread, the study's 64x64 input
@@ -96,7 +97,7 @@ def test_tiny_study_runs_end_to_end(ray_session, synthetic_data, tmp_path):
     assert paper["blocks"] == "7-6-2-1" and bool(paper["bottom_heavy"])
     assert not bool(csv[csv["role"] == "base"].iloc[0]["bottom_heavy"])
     assert list(csv["rank"]) == [1, 2, 3]
-    assert list(csv["score"]) == sorted(csv["score"], reverse=True)
+    assert list(csv["search_score"]) == sorted(csv["search_score"], reverse=True)
     best = json.loads((run_dir / "best_spec.json").read_text())
     assert best["id"] == csv.iloc[0]["spec_id"] and get_spec(best["spec"]).id == best["id"]
     # every epoch of both stages was reported, in order, with one attempt each
@@ -148,7 +149,7 @@ def _check_exports(run_dir: Path, csv: pd.DataFrame, tmp_path: Path) -> None:
         assert torch.equal(got["labels"], want["labels"])
 
 
-def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_data, tmp_path):
+def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_data, tmp_path, capfd):
     study = load_study(write_study(tmp_path, synthetic_data, "fail", finetune=False))
     paper_id = next(s.id for role, s in study.reference_specs() if role == "paper")
 
@@ -159,7 +160,9 @@ def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_da
             raise RuntimeError("injected failure for this candidate")
         run_trial(config, study)
 
+    capfd.readouterr()
     outcome = run_study(study, verbose=0, trial_fn=flaky_trial)
+    err = capfd.readouterr().err
     df = outcome.table
     assert len(df) == 3
     failed = df[df["spec_id"] == paper_id].iloc[0]
@@ -167,6 +170,13 @@ def test_failing_trial_is_recorded_and_study_completes(ray_session, synthetic_da
     ok = df[df["spec_id"] != paper_id]
     assert (ok["status"] == "completed").all() and ok["error"].isna().all()
     assert failed["rank"] == 3  # failed trials rank last
+    # the failure is one line on stderr (Tune's logged traceback is off), naming the error and error.txt
+    error_file = outcome.run_dir / f"trial_{failed['trial_id']}" / "error.txt"
+    assert [ln for ln in err.splitlines() if "injected failure" in ln] == [
+        f"trial {failed['trial_id']} failed ({short_arch(paper_id)}): RuntimeError: injected failure for this "
+        f"candidate; see {error_file}"
+    ], err
+    assert "Traceback" not in err and "Trials did not complete" not in err and error_file.is_file()
     assert json.loads((outcome.run_dir / "best_spec.json").read_text())["id"] != paper_id
     # a proxy-only study fine-tunes nothing: exporting it is one line, not random weights
     assert df["weights"].isna().all() and pd.isna(failed["latency_ms"])

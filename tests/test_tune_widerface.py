@@ -148,8 +148,8 @@ def test_results_table_keeps_widerface_metrics():
     assert set(DETECTION_METRICS) <= set(METRIC_COLUMNS) <= set(COLUMNS)
     base = {"params": 1, "macs": 1, "flops": 1, "activations": 1, "epochs": 1, "max_epochs": 1, "status": "completed"}
     rows = [
-        {**base, "spec_id": "a", "AP_hard": 12.5, "AP_easy": 30.0, "score": 12.5},
-        {**base, "spec_id": "b", "AP_hard": 20.0, "AP_medium": 25.0, "score": 20.0},
+        {**base, "spec_id": "a", "AP_hard": 12.5, "AP_easy": 30.0, "search_score": 12.5},
+        {**base, "spec_id": "b", "AP_hard": 20.0, "AP_medium": 25.0, "search_score": 20.0},
     ]
     df = results_table(rows)
     assert list(df["spec_id"]) == ["b", "a"] and list(df["AP_hard"]) == [20.0, 12.5]
@@ -199,7 +199,7 @@ def test_tiny_widerface_study_runs_through_ray(ray_session, tiny_widerface, tmp_
     row = csv.iloc[0]
     for metric in ("AP_easy", "AP_medium", "AP_hard"):
         assert 0 <= row[metric] <= 100, metric
-    assert row["score"] == row["AP_hard"] and pd.isna(row["AP50_tiny"]) and pd.isna(row["top1"])
+    assert row["search_score"] == row["AP_hard"] and pd.isna(row["AP50_tiny"]) and pd.isna(row["top1"])
     trials = list(outcome.run_dir.glob("trial_*/result.json"))
     reports = [json.loads(line) for line in trials[0].read_text().splitlines() if line.strip()]
     assert [(r["stage"], r["epochs_done"], r["max_epochs"]) for r in reports] == [("finetune", 1, 1)]

@@ -8,11 +8,12 @@ from pathlib import Path
 ORDER = 72
 
 DESCRIPTION = """\
-Show a study's results: the ranked table (completed trials by score, which is the target metric
-at the final epoch; then ASHA-stopped, unfinished and failed trials), the best spec (written to
-RUN_DIR/best_spec.json), Kendall's tau of proxy top-1 vs final AP, and PNG plots in RUN_DIR/plots:
-AP vs cost with the Pareto front, AP vs latency, proxy vs final, error EDFs (bottom-heavy vs
-standard-like).
+Show a study's results: the ranked table (metrics at each trial's last epoch, that epoch and its
+status in words; completed trials by the target metric first, then those ASHA stopped by the epoch
+they reached and their metric there, then unfinished and failed trials) with a legend of the arch
+codes, the best spec (written to RUN_DIR/best_spec.json), Kendall's tau of proxy top-1 vs final AP,
+and PNG plots in RUN_DIR/plots: AP vs cost with the Pareto front, AP vs latency, proxy vs final,
+error EDFs (bottom-heavy vs standard-like).
 """
 
 

@@ -17,6 +17,11 @@ Ray: a local Ray with this machine's resources by default (no dashboard unless -
 trials; errored and unfinished trials run again. Resume reads only JSON, the Optuna journal and
 weights-only checkpoints, never a pickle from the run folder.
 
+Output: one progress line on stderr (trials done / running / pending, trial-epochs, best metric, elapsed, ETA;
+rewritten in place on a terminal, a line per finished trial and at most one a minute otherwise), one line per
+failed trial, then the ranked table. --quiet drops the progress line, --verbose adds Ray Tune's own output,
+--json prints the report as JSON on stdout (everything else goes to stderr).
+
 Exit status: 0 done, 1 every trial failed, 2 bad input (checked before Ray starts), 130 interrupted.
 """
 
@@ -42,8 +47,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--dashboard-host", metavar="HOST", help="start the Ray dashboard on HOST (e.g. 127.0.0.1); off by default"
     )
-    p.add_argument("--quiet", action="store_true", help="no Tune progress tables, only the final ranking")
-    p.add_argument("--json", action="store_true", help="print the final report as JSON")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", action="store_true", help="no progress line: failed trials and the final ranking only")
+    talk.add_argument(
+        "--verbose", action="store_true", help="Ray Tune's own output too: status tables, result boxes, checkpoints"
+    )
+    p.add_argument("--json", action="store_true", help="print the final report as JSON on stdout")
     p.set_defaults(func=run)
 
 
@@ -66,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from bhsearch.tune.runner import StudyInterrupted, check_data, run_study
 
     check_data(study)  # before Ray is even imported
-    # with --json, stdout carries only the JSON report: Tune's own printing goes to stderr
+    # with --json, stdout carries only the JSON report: Tune's own printing (--verbose) goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         try:
             outcome = run_study(
@@ -75,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 num_samples=args.num_samples,
                 dashboard_host=args.dashboard_host,
-                verbose=0 if (args.quiet or args.json) else 1,
+                verbose=1 if args.verbose else 0,
                 connect_timeout=args.connect_timeout,
+                progress=not args.quiet,
             )
         except StudyInterrupted as exc:
             again = f"bhsearch tune {args.study}" + (f" --storage {args.storage}" if args.storage else "")

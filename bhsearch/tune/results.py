@@ -60,7 +60,7 @@ COLUMNS = [
     "ci95_high",
     "vs_base",
     "in_best_set",
-    "score",
+    "search_score",
     "epochs",
     "max_epochs",
     "status",
@@ -180,7 +180,7 @@ def collect_rows(run_dir: str | Path, study: Any, statuses: dict[str, str] | Non
             **_spec_columns(spec_id, study.input_size, base_share),
             **_latency(latency.get(spec_id), last),
             **{m: last.get(m) for m in METRIC_COLUMNS},
-            "score": last.get("score"),
+            "search_score": last.get("score"),  # the searcher's fidelity-aware score (bhsearch.tune.trial)
             "epochs": epochs,
             "max_epochs": study.max_epochs,
             "status": _status(statuses.get(trial_id), error, epochs, study.max_epochs),
@@ -238,13 +238,15 @@ def _partial(run_dir: Path) -> bool:
 
 
 def results_table(rows: list[dict[str, Any]]):
-    """A pandas DataFrame of ``rows`` ranked: completed trials by score (ties: proxy top-1), then the rest."""
+    """A pandas DataFrame of ``rows`` ranked: completed trials by their metric, then trials stopped by ASHA by the
+    epoch they reached and their metric there (both: ``search_score``; ties: proxy top-1), then unfinished and
+    failed trials."""
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"])
     if len(df):
         df["_order"] = df["status"].map(STATUS_ORDER).fillna(9)
-        df["_score"] = pd.to_numeric(df["score"], errors="coerce").fillna(float("-inf"))
+        df["_score"] = pd.to_numeric(df["search_score"], errors="coerce").fillna(float("-inf"))
         df["_proxy"] = pd.to_numeric(df["top1"], errors="coerce").fillna(float("-inf"))
         keys = ["_order", "_score", "_proxy", "spec_id"]  # ties on the score go to the better proxy
         df = df.sort_values(keys, ascending=[True, False, False, True], kind="stable")
@@ -258,7 +260,7 @@ def results_table(rows: list[dict[str, Any]]):
         "latency_spread_pct",
         *METRIC_COLUMNS,
         *NOISE_NUMBERS,
-        "score",
+        "search_score",
         "train_time_s",
         "bh_share",
     ):
@@ -356,7 +358,6 @@ def write_results(run_dir: str | Path, study: Any, statuses: dict[str, str] | No
             trial_id=best["trial_id"],
             metric=study.target_metric,
             value=_plain(best[study.target_metric]),
-            score=_plain(best["score"]),
             input_size=study.input_size,
             **partial,
         )
@@ -391,10 +392,15 @@ def load_results(run_dir: str | Path, refresh: bool = False):
         raise UsageError(f"{run_dir}: no such run folder")
     if not refresh:
         if (run_dir / "results.parquet").is_file():
-            return pd.read_parquet(run_dir / "results.parquet")
+            return _renamed(pd.read_parquet(run_dir / "results.parquet"))
         if (run_dir / "results.csv").is_file():
-            return pd.read_csv(run_dir / "results.csv")
+            return _renamed(pd.read_csv(run_dir / "results.csv"))
     return write_results(run_dir, load_study_of(run_dir))
+
+
+def _renamed(df):
+    """Tables written before ``score`` was renamed ``search_score`` read as the new ones."""
+    return df.rename(columns={"score": "search_score"}) if "score" in df and "search_score" not in df else df
 
 
 __all__ = [

@@ -16,6 +16,7 @@ weights-only checkpoints (``bhsearch.tune.state``). Tune's pickled state is neve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -351,7 +352,9 @@ def _token_auth_if_available() -> None:
     """Ray 2.5x clusters started with ``ray start`` require token authentication; a client
     connecting by address only sends the token (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or
     ``RAY_AUTH_TOKEN_PATH``) when ``RAY_AUTH_MODE=token``. Set that when a token is available
-    and the user has not chosen a mode."""
+    and the user has not chosen a mode. A local Ray does the same by itself when a token exists, with a
+    warning on every start ("Token authentication is enabled for this Ray cluster"); choosing it here
+    changes nothing but that line."""
     if "RAY_AUTH_MODE" in os.environ:
         return
     if (
@@ -391,14 +394,74 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def make_trainable(study: Study, trial_fn: Callable | None = None):
-    """``trial_fn(config, study=dict)`` (default ``run_trial``) with the study's per-trial resources."""
+def make_trainable(study: Study, trial_fn: Callable | None = None, quiet: bool = False):
+    """``trial_fn(config, study=dict)`` (default ``run_trial``) with the study's per-trial resources; ``quiet``:
+    Ray's INFO logging in the trial's worker is off (its "Checkpoint successfully created" line per epoch)."""
     from ray import tune
 
     from bhsearch.tune.trial import run_trial
 
+    fn = trial_fn or run_trial
+    if quiet:
+        fn = _quiet_worker(fn)
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
-    return tune.with_resources(tune.with_parameters(trial_fn or run_trial, study=study.model_dump()), resources)
+    return tune.with_resources(tune.with_parameters(fn, study=study.model_dump()), resources)
+
+
+def _quiet_worker(fn: Callable) -> Callable:
+    """``fn`` run with the worker's ``ray`` logger at WARNING: Ray Train's session logs every checkpoint it
+    persists at INFO, and the worker forwards that to the driver's terminal. Warnings and errors still show."""
+    import functools
+
+    @functools.wraps(fn)
+    def trial(config: dict[str, Any], study: dict[str, Any]) -> Any:
+        import logging
+
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        return fn(config, study=study)
+
+    return trial
+
+
+class _DropRecords:
+    """A logging filter that drops records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str):
+        self.prefixes = prefixes
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def ray_output(verbose: int):
+    """Ray Tune's own printing for ``tuner.fit()``: ``verbose >= 1`` leaves it as Tune has it (status tables,
+    result boxes; ``verbose`` is Tune's verbosity); ``0`` silences it. Tune's new output engine prints the
+    experiment's configuration box even at verbosity 0, so the legacy engine (``RAY_AIR_NEW_OUTPUT=0``), silent
+    at 0, is used then; Tune's logged traceback of a failed trial (``TUNE_PRINT_ALL_TRIAL_ERRORS``) and its
+    closing "Trials did not complete" line are off too: bhsearch prints one line per failed trial
+    (``bhsearch.tune.progress``) and keeps the error in ``error.txt`` and the results. Other warnings and errors
+    of Ray still show."""
+    import logging
+
+    if verbose >= 1:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("RAY_AIR_NEW_OUTPUT", "TUNE_PRINT_ALL_TRIAL_ERRORS")}
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
+    tune_logger = logging.getLogger("ray.tune.tune")
+    drop = _DropRecords("Trials did not complete")
+    tune_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        tune_logger.removeFilter(drop)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _tune_env() -> None:
@@ -408,6 +471,20 @@ def _tune_env() -> None:
     # Ctrl-C must reach us as KeyboardInterrupt: Tune's own handler ends the run quietly, labels running trials
     # as terminated and returns as if the study had finished.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+
+def _progress_printer(study: Study, trials: int, enabled: bool, interval_s: float, verbose: int):
+    """The progress line of a run that trains ``trials`` trials; rewritten in place on a terminal unless Tune
+    prints its own output too (``verbose``)."""
+    from bhsearch.tune.progress import ProgressLine, ProgressTracker, asha_rungs
+
+    rungs: list[int] = []
+    if study.scheduler.type == "asha":
+        rungs = asha_rungs(study.max_epochs, study.scheduler.grace_period, study.scheduler.reduction_factor)
+    tracker = ProgressTracker(
+        trials, study.max_epochs, study.target_metric, rungs=rungs, reduction_factor=study.scheduler.reduction_factor
+    )
+    return ProgressLine(tracker, enabled=enabled, interval_s=interval_s, tty=False if verbose >= 1 else None)
 
 
 class StudyInterrupted(BhsearchError):
@@ -559,12 +636,18 @@ def run_study(
     resume: bool = False,
     num_samples: int | None = None,
     dashboard_host: str | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
     trial_fn: Callable | None = None,
     connect_timeout: float | None = None,
+    progress: bool = False,
+    progress_interval_s: float = 60.0,
 ) -> StudyOutcome:
     """Run (or resume) ``study`` and write ``results.csv``/``results.parquet``/``best_spec.json``.
 
+    ``verbose``: Tune's verbosity; 0 (default) keeps Ray's status tables, result boxes and checkpoint lines off
+    (:func:`ray_output`). ``progress``: the live progress line on stderr (``bhsearch.tune.progress``; written
+    every ``progress_interval_s`` seconds and when a trial ends when stderr is no terminal). A failed trial is
+    one line on stderr either way.
     ``trial_fn(config, study=dict)`` replaces :func:`bhsearch.tune.trial.run_trial` (custom trials).
     Ctrl-C raises :class:`StudyInterrupted` after the partial results are written; a study whose every
     trial failed raises :class:`StudyFailed` after writing them. Resume reads only JSON, the Optuna journal
@@ -572,8 +655,7 @@ def run_study(
     """
     import time
 
-    if address or study.address or os.environ.get("RAY_ADDRESS"):
-        _token_auth_if_available()  # before Ray is imported: it reads RAY_AUTH_MODE once
+    _token_auth_if_available()  # before Ray is imported: it reads RAY_AUTH_MODE once
 
     if num_samples is not None and num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
@@ -608,15 +690,17 @@ def run_study(
     _tune_env()
     from ray import tune
 
+    from bhsearch.tune.progress import make_progress_callback
     from bhsearch.tune.results import write_results
 
     started = False
     interrupted = False
+    printer = None
     try:
         started = connect_ray(study, address, dashboard_host, connect_timeout)
         check_resources(study)
         prepare_data(study)
-        trainable = make_trainable(study, trial_fn)
+        trainable = make_trainable(study, trial_fn, quiet=verbose < 1)
         if resume:
             plan = state_mod.ResumePlan(run_dir, state, study.max_epochs)
             state_mod.write_resume_checkpoints(run_dir, plan.checkpoints)
@@ -644,6 +728,7 @@ def run_study(
         state["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "outcome": "running"})
         state_mod.save_state(run_dir, state)
         if n > 0:
+            printer = _progress_printer(study, n, progress, progress_interval_s, verbose)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -661,11 +746,15 @@ def run_study(
                     storage_path=str(Path(study.storage).resolve()),
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=study.checkpoint_keep),
-                    callbacks=[state_mod.make_recorder(run_dir, state, run_index)],
+                    callbacks=[
+                        state_mod.make_recorder(run_dir, state, run_index),
+                        make_progress_callback(printer, run_dir),
+                    ],
                     verbose=verbose,
                 ),
             )
-            tuner.fit()
+            with ray_output(verbose):
+                tuner.fit()
         state["runs"][-1]["outcome"] = "complete"
     except KeyboardInterrupt:
         interrupted = True
@@ -673,6 +762,9 @@ def run_study(
             state["runs"][-1]["outcome"] = "interrupted"
     finally:
         import shutil
+
+        if printer is not None:
+            printer.close()  # ends the terminal line before anything else is printed
 
         from bhsearch.tune.trial import work_root
 
