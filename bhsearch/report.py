@@ -28,7 +28,7 @@ TABLE_COLUMNS = (
     "rank",
     "arch",
     "role",
-    "flops",
+    "params",
     "activations",
     "latency_ms",
     "top1",
@@ -164,21 +164,29 @@ def _legend(fig, pareto: bool = True) -> None:
         Line2D([], [], ls="", marker="o", color=COLORS[True], label="bottom-heavy"),
         Line2D([], [], ls="", marker="o", color=COLORS[False], label="standard-like"),
     ]
-    for style in STATUS_STYLE.values():
-        handles.append(Line2D([], [], ls="", marker=style["marker"], color="0.3", mfc="none", label=style["label"]))
+    for status, style in STATUS_STYLE.items():
+        face = "0.3" if status == "completed" else "none"  # as drawn: completed filled, the others hollow
+        handles.append(Line2D([], [], ls="", marker=style["marker"], color="0.3", mfc=face, label=style["label"]))
     if pareto:
         handles.append(Line2D([], [], ls="--", color="k", lw=0.8, label="Pareto front (completed)"))
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
 
 
-def _caption(df, study: Any | None) -> str:
-    """Input size, budget and trial counts, for the plot titles."""
+def _caption(df, study: Any | None, noise: dict[str, Any] | None = None) -> str:
+    """Input size, budget, trial counts and the noise floor behind the error bars, for the plot titles."""
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     parts = [f"{int(v)} {k}" for k, v in sorted(counts.items())]
     text = f"{len(df)} trials ({', '.join(parts)})"
     if study is not None:
         epochs = "+".join(str(e) for e in study.stage_epochs.values())
         text = f"{study.name}: {study.input_size} input, {epochs} trial-epochs per trial, " + text
+    if noise is not None:
+        std = noise.get("seed_std")
+        text += (
+            f"\nerror bars: 95 % intervals from the seed noise floor (std {std:.2f}, df {noise['df']})"
+            if std is not None
+            else "\nno error bars: no noise floor (noise.repeats < 2 or no repeat completed)"
+        )
     return text
 
 
@@ -188,7 +196,14 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
-def make_plots(df, out_dir: str | Path, target: str, study: Any | None = None, tau: dict | None = None) -> list[str]:
+def make_plots(
+    df,
+    out_dir: str | Path,
+    target: str,
+    study: Any | None = None,
+    tau: dict | None = None,
+    noise: dict | None = None,
+) -> list[str]:
     """Write the four PNGs into ``out_dir`` and return their paths.
 
     Every trial with a metric is drawn (``plot_points``): completed specs at their mean over seeds with the
@@ -202,7 +217,7 @@ def make_plots(df, out_dir: str | Path, target: str, study: Any | None = None, t
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    caption = _caption(df, study)
+    caption = _caption(df, study, noise)
     df = df.copy()
     base = df.loc[df["role"] == "base", "flops"]
     ref_flops = float(base.iloc[0]) if len(base) else float(df["flops"].median()) if len(df) else 1.0
@@ -339,7 +354,7 @@ def build_report(
         kendall_tau=agreement["tau"], kendall_p=agreement["p"], kendall_n=agreement["n"], kendall_ci95=agreement["ci95"]
     )
     info["noise"] = noise_summary(df, target, study.noise.repeats)
-    info["plots"] = make_plots(df, run_dir / "plots", target, study, agreement) if plots else []
+    info["plots"] = make_plots(df, run_dir / "plots", target, study, agreement, info["noise"]) if plots else []
     best_path = run_dir / "best_spec.json"
     info["scheduler"] = study.scheduler.type
     info["best"] = json.loads(best_path.read_text()) if best_path.is_file() else None
@@ -489,7 +504,7 @@ def print_report(info: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(width=None if Console().is_terminal else 150)
+    console = console or Console(width=None if Console().is_terminal else 200)
     metric = info["metric"]
     table = Table(
         title=f"study {info['study']}: ranked by {metric}; metrics and epochs are each trial's last reported",
@@ -509,8 +524,8 @@ def print_report(info: dict[str, Any], console: Any = None) -> None:
                 v = status_text(v, row.get("epochs"), row.get("max_epochs"), info.get("scheduler", "asha"))
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 cells.append("-")
-            elif col == "flops":
-                cells.append(f"{v / 1e9:.3f} G")
+            elif col == "params":
+                cells.append(f"{v / 1e6:.3f} M")
             elif col == "activations":
                 cells.append(f"{v / 1e6:.2f} M")
             elif isinstance(v, float):

@@ -119,3 +119,42 @@ def test_repeats_run_to_the_end_with_other_seeds_and_give_the_noise_floor(ray_se
     manual = noise_floor(noise["groups"]).std
     assert noise["seed_std"] == pytest.approx(manual)
     assert noise["best_set"] and noise["best_set"][0] == df.iloc[0]["spec_id"]
+
+
+def test_plots_draw_one_point_per_completed_spec_and_one_per_stopped_trial():
+    from bhsearch.report import plot_points
+
+    rows = [
+        _row("1", "base", "base", 20.0),
+        _row("2", "base", "base", 22.0, repeat=1),
+        _row("3", "cand", "candidate", 30.0),
+        _row("4", "low", "candidate", 5.0, status="stopped"),
+        _row("5", "bad", "candidate", None, status="error"),
+        _row("6", "run", "candidate", 7.0, status="unfinished"),
+    ]
+    df = with_noise_floor(pd.DataFrame(rows).assign(rank=0), "AP50_tiny")
+    df["activations"] = [1e6, 1e6, 2e6, 3e6, 4e6, 5e6]
+    df["bottom_heavy"] = [False, False, True, True, True, False]
+    points = plot_points(df, "activations", "AP50_tiny", scale=1e6)
+    by = {(p["spec_id"], p["status"]): p for p in points}
+    assert len(points) == 4  # the base's two seeds share one point; the errored trial has no metric
+    base = by[("base", "completed")]
+    half = noise_floor({"base": [20.0, 22.0]}).half_width(2)
+    assert (base["x"], base["y"]) == (1.0, 21.0) and base["err"] == pytest.approx(half)
+    assert by[("cand", "completed")]["err"] == pytest.approx(noise_floor({"b": [20.0, 22.0]}).half_width(1))
+    stopped = by[("low", "stopped")]
+    assert (stopped["y"], stopped["err"], stopped["bottom_heavy"]) == (5.0, None, True)
+    assert by[("run", "unfinished")]["y"] == 7.0
+
+
+def test_plots_are_written_with_every_status(tmp_path):
+    from bhsearch.report import PLOTS, make_plots
+
+    rows = [_row(str(i), f"s{i}", "candidate", 10.0 + i, status=st) for i, st in enumerate(["completed"] * 3 + ["stopped"])]
+    df = with_noise_floor(pd.DataFrame(rows).assign(rank=0), "AP50_tiny")
+    for col, values in (("activations", [1e6, 2e6, 3e6, 4e6]), ("params", [1e5] * 4), ("flops", [1e9] * 4)):
+        df[col] = values
+    df["latency_ms"], df["top1"], df["bottom_heavy"] = [1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], False
+    paths = make_plots(df, tmp_path, "AP50_tiny", noise={"seed_std": None, "df": 0})
+    assert [p.rsplit("/", 1)[-1] for p in paths] == list(PLOTS)
+    assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in PLOTS)

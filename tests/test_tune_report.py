@@ -235,19 +235,23 @@ def test_print_report_shows_metric_epoch_readable_status_and_legend(run_dir):
         "rank",
         "arch",
         "role",
-        "flops",
+        "params",
         "activations",
         "latency_ms",
         "top1",
         "AP50_tiny",
+        "mean (seeds)",
+        "95 % interval",
+        "vs base",
         "epochs",
         "status",
     ]
     rows = {ln.split("│")[2].strip(): [c.strip() for c in ln.split("│")[1:-1]] for ln in lines if ln.startswith("│")}
     stopped = rows["k3s1p 8-5-2-1 s2-2-2-2"]
-    assert stopped[6:] == ["20.00", "-", "2", "stopped by ASHA at epoch 2 of 4"]  # top1 at its last epoch, no AP yet
-    assert rows["k3s1p 7-6-2-1 s2-2-2-2"][6:] == ["25.00", "8.00", "4", "completed"]
-    assert rows["k7s2p 4-2-5-5"][6:] == ["-", "-", "0", "error"]
+    # top1 at its last epoch, no AP yet; no repeats in this study: no interval, no verdict
+    assert stopped[6:] == ["20.00", "-", "-", "-", "-", "2", "stopped by ASHA at epoch 2 of 4"]
+    assert rows["k3s1p 7-6-2-1 s2-2-2-2"][6:] == ["25.00", "8.00", "8.00 (1)", "-", "-", "4", "completed"]
+    assert rows["k7s2p 4-2-5-5"][6:] == ["-", "-", "-", "-", "-", "0", "error"]
     assert "-1998" not in out.getvalue() and "score" not in header
     legend = [ln for ln in lines if ln.startswith("arch: ")]  # explained on the best of the ids with most parts
     assert legend == [

@@ -35,6 +35,7 @@ from bhsearch.latency.units import (
 
 _LAZY = {
     "measure_latency": "bhsearch.latency.measure",
+    "measure_latencies": "bhsearch.latency.measure",
     "measure_train_memory": "bhsearch.latency.measure",
     "TensorMemoryTracker": "bhsearch.latency.measure",
     "profile_space": "bhsearch.latency.profile",

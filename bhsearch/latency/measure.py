@@ -63,6 +63,34 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+#: glibc ``mallopt`` parameters and the values :func:`steady_allocator` sets (bytes).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+STEADY_TRIM_BYTES, STEADY_MMAP_BYTES = 512 << 20, 256 << 20
+
+
+def steady_allocator() -> bool:
+    """Pin glibc malloc's mmap and trim thresholds (True when set; False off glibc).
+
+    By default glibc raises its mmap threshold each time a large block is freed, so the same network is
+    timed with its activations page-faulted in from fresh ``mmap`` s early in a process and served from
+    the heap later: 20-30 % apart on this project's CPU machine for high-resolution (bottom-heavy)
+    backbones. Fixed thresholds make every pass allocate alike (the process keeps its freed memory until it
+    exits); the same as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, STEADY_TRIM_BYTES)) and bool(mallopt(_M_MMAP_THRESHOLD, STEADY_MMAP_BYTES))
+
+
 def device_name(device: torch.device) -> str:
     """A human-readable name of the device (CPU model or GPU name)."""
     if device.type == "cuda":
@@ -342,6 +370,7 @@ def measure_latency(
         raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
     dev, tdtype = resolve_device(device), resolve_dtype(dtype)
     n_threads = set_threads(threads)
+    steady_allocator()
     torch.manual_seed(0)
     model = build_backbone(spec, norm=norm)
     result = time_module(model, (batch_size, 3, height, width), dev, tdtype, mode, warmup, reps, clock=clock)
@@ -358,6 +387,41 @@ def measure_latency(
         "norm": norm,
         "clock": "cuda-events" if dev.type == "cuda" else clock,
     }
+
+
+def measure_latencies(
+    specs: list[Spec | str],
+    input_size: str | tuple[int, int],
+    device: str = "cpu",
+    warmup: int = 2,
+    reps: int = 7,
+    threads: int | None = None,
+    clock: str = "wall",
+    norm: str = "bn",
+) -> dict[str, dict[str, Any]]:
+    """Batch-1 inference latency of several backbones, **interleaved**: after every model's warm-up, each of
+    ``reps`` rounds times one pass of every model in turn, so a slow spell of the machine (another process,
+    frequency scaling) hits all of them alike instead of one. Returns :func:`summarize` per spec id."""
+    from bhsearch.models import build_backbone
+
+    width, height = parse_input_size(input_size)
+    _check_reps(warmup, reps)
+    dev = resolve_device(device)
+    set_threads(threads)
+    steady_allocator()
+    steps: dict[str, Callable[[], Any]] = {}
+    for spec in specs:
+        spec = get_spec(spec)
+        torch.manual_seed(0)
+        model = build_backbone(spec).to(dev)
+        steps[spec.id] = _step_fn(model, _input((1, 3, height, width), dev, torch.float32, False), "inference")
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for fn in steps.values():
+        time_callable(fn, dev, warmup, 0, clock)
+    for _ in range(reps):
+        for spec_id, fn in steps.items():
+            times[spec_id] += time_callable(fn, dev, 0, 1, clock)
+    return {k: summarize(v) for k, v in times.items()}
 
 
 def measure_train_memory(
@@ -387,12 +451,14 @@ __all__ = [
     "TensorMemoryTracker",
     "build_unit",
     "device_name",
+    "measure_latencies",
     "measure_latency",
     "measure_train_memory",
     "memory_module",
     "resolve_device",
     "resolve_dtype",
     "set_threads",
+    "steady_allocator",
     "summarize",
     "time_callable",
     "time_module",

@@ -3,8 +3,9 @@
 No network is timed while trials train (a trial measured next to another trial's training measures the
 machine's load). After ``tuner.fit()`` returns, the driver (with Ray shut down) measures the backbone of
 every distinct spec that trained, one spec at a time, with ``study.latency.threads`` intra-op threads
-(restored afterwards), ``warmup`` untimed and ``reps`` timed forward passes
-(``bhsearch.latency.measure_latency``). With ``study.latency.profile`` the latency is predicted from that
+(restored afterwards), ``warmup`` untimed and ``reps`` timed forward passes, interleaved across the specs
+(``bhsearch.latency.measure_latencies``: every round times each spec once, so a slow spell of the machine
+hits all specs alike). With ``study.latency.profile`` the latency is predicted from that
 ``bhsearch profile`` table instead (``bhsearch.latency.predict_latency``, pure Python).
 
 ``latency.json`` holds the settings it was made under and one entry per spec id::
@@ -12,11 +13,12 @@ every distinct spec that trained, one spec at a time, with ``study.latency.threa
     {"format": "bhsearch-study-latency", "version": 1, "settings": {...},
      "specs": {"SPEC_ID": {"latency_ms": 12.3, "latency_spread_pct": 4.1, "latency_source": "measured"}}}
 
-``latency_ms`` is the median, ``latency_spread_pct`` the 10th-90th percentile range in percent of the
-median (None for predictions). Entries are reused (a resumed study measures only specs it did not
+``latency_ms`` is the repeats' median (``latency.statistic: median``, the default) or their minimum
+(``min``: the least disturbed pass, the most reproducible figure on a shared or frequency-scaling machine),
+``latency_spread_pct`` the 10th-90th percentile range in percent of the median (None for predictions). Entries are reused (a resumed study measures only specs it did not
 measure yet; ``bhsearch report`` measures nothing); when the settings differ (another machine, torch
 version, thread count, input size …) every spec is measured again, so one file never mixes conditions.
-The file is rewritten atomically after every spec, so an interrupted measurement keeps what it did.
+The file is rewritten atomically once the specs missing from it are measured.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def settings(study: Any) -> dict[str, Any]:
         "warmup": cfg.warmup,
         "reps": cfg.reps,
         "clock": cfg.clock,
+        "statistic": cfg.statistic,
         "batch_size": 1,
     }
 
@@ -126,12 +129,13 @@ def trained_specs(run_dir: str | Path) -> list[str]:
     return list(out)
 
 
-def _measure(spec_id: str, study: Any) -> dict[str, Any]:
-    from bhsearch.latency import measure_latency
+def _measure(spec_ids: list[str], study: Any) -> dict[str, dict[str, Any]]:
+    """The ``latency.json`` entries of ``spec_ids``, measured interleaved (``measure_latencies``)."""
+    from bhsearch.latency.measure import measure_latencies
 
     cfg = study.latency
-    result = measure_latency(
-        spec_id,
+    results = measure_latencies(
+        spec_ids,
         latency_size(study),
         device=cfg.device,
         warmup=cfg.warmup,
@@ -139,16 +143,21 @@ def _measure(spec_id: str, study: Any) -> dict[str, Any]:
         threads=cfg.threads,
         clock=cfg.clock,
     )
-    median = result["median_s"]
-    spread = 100.0 * (result["p90_s"] - result["p10_s"]) / median if median > 0 else None
-    return {
-        "latency_ms": 1000.0 * median,
-        "latency_spread_pct": spread,
-        "latency_p10_ms": 1000.0 * result["p10_s"],
-        "latency_p90_ms": 1000.0 * result["p90_s"],
-        "latency_min_ms": 1000.0 * result["min_s"],
-        "latency_source": "measured",
-    }
+    entries = {}
+    for spec_id, result in zip(spec_ids, results.values(), strict=True):
+        median = result["median_s"]
+        spread = 100.0 * (result["p90_s"] - result["p10_s"]) / median if median > 0 else None
+        value = result["min_s"] if cfg.statistic == "min" else median
+        entries[spec_id] = {
+            "latency_ms": 1000.0 * value,
+            "latency_median_ms": 1000.0 * median,
+            "latency_spread_pct": spread,
+            "latency_p10_ms": 1000.0 * result["p10_s"],
+            "latency_p90_ms": 1000.0 * result["p90_s"],
+            "latency_min_ms": 1000.0 * result["min_s"],
+            "latency_source": "measured",
+        }
+    return entries
 
 
 def update_latency(run_dir: str | Path, study: Any, spec_ids: Iterable[str] | None = None) -> dict[str, Any]:
@@ -185,9 +194,8 @@ def update_latency(run_dir: str | Path, study: Any, spec_ids: Iterable[str] | No
 
     threads = torch.get_num_threads()
     try:
-        for spec_id in missing:
-            record["specs"][spec_id] = _measure(spec_id, study)
-            atomic_write_json(path, record, indent=1)  # an interrupt keeps what was measured
+        record["specs"].update(_measure(missing, study))
+        atomic_write_json(path, record, indent=1)
     finally:
         torch.set_num_threads(threads)
     return record

@@ -208,6 +208,7 @@ class LatencyConfig(_Strict):
     reps: int = Field(default=10, ge=1)
     threads: int = Field(default=1, ge=1)  # intra-op CPU threads while measuring (restored afterwards)
     clock: Literal["wall", "cpu"] = "wall"  # cpu: the measuring thread's CPU time (needs threads: 1)
+    statistic: Literal["median", "min"] = "median"  # latency_ms: the repeats' median, or their minimum
     profile: str | None = None  # a `bhsearch profile` table: predicted latency instead of measured
 
     @field_validator("input_size")
