@@ -138,7 +138,9 @@ def atomic_entries(path: str | Path, replace: bool = True, last: tuple[str, ...]
     try:
         yield tmp
         _fix_modes(tmp)
-        entries = sorted(tmp.iterdir(), key=lambda p: (p.name in last, last.index(p.name) if p.name in last else 0, p.name))
+        entries = sorted(
+            tmp.iterdir(), key=lambda p: (p.name in last, last.index(p.name) if p.name in last else 0, p.name)
+        )
         clashes = [e.name for e in entries if (path / e.name).exists() or (path / e.name).is_symlink()]
         if clashes and not replace:
             raise FileExistsError(f"{path / clashes[0]}: exists")
@@ -161,8 +163,6 @@ def atomic_entries(path: str | Path, replace: bool = True, last: tuple[str, ...]
         shutil.rmtree(tmp, ignore_errors=True)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
-
-
 
 
 def check_writable(path: str | Path, what: str = "output", is_dir: bool = True) -> Path:

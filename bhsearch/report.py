@@ -91,23 +91,30 @@ def plot_points(df, xcol: str, target: str, scale: float = 1.0) -> list[dict[str
     """What a scatter draws: one point per completed spec (its mean over seeds, with the noise floor's 95 %
     interval as ``err``), one per stopped or unfinished trial (its metric at its last epoch, no interval).
 
-    Each point: ``x``, ``y``, ``err`` (half-width or None), ``status``, ``bottom_heavy``, ``role``, ``spec_id``.
+    Completed specs sit at the mean of ``xcol`` and of the metric over their seeds. Each point: ``x``, ``y``,
+    ``err`` (``(below, above)`` the point, the interval clipped to the metric's range, or None), ``status``,
+    ``bottom_heavy``, ``role``, ``spec_id``.
     """
     points: dict[str, dict[str, Any]] = {}
-    for row in _records(df):
+    rows = _records(df)
+    for row in rows:
         x, y, status = row.get(xcol), row.get(target), row.get("status")
         if status not in STATUS_STYLE or not (_finite(x) and _finite(y)):
             continue
+        err, lo, hi = None, None, None
         if status == "completed":
             key = f"spec:{row['spec_id']}"
             if key in points:
-                continue  # the spec's seed repeats share one point (its mean)
-            mean = row.get("metric_mean") if _finite(row.get("metric_mean")) else y
-            hi = row.get("ci95_high")
-            err = float(hi) - float(mean) if _finite(hi) else None
-            y = mean
+                continue  # the spec's seed repeats share one point: its means
+            seeds = [r for r in rows if r.get("status") == "completed" and r.get("spec_id") == row["spec_id"]]
+            xs = [float(r[xcol]) for r in seeds if _finite(r.get(xcol))]
+            x = sum(xs) / len(xs)
+            y = row.get("metric_mean") if _finite(row.get("metric_mean")) else y
+            if _finite(row.get("ci95_low")) and _finite(row.get("ci95_high")):
+                lo, hi = float(y) - float(row["ci95_low"]), float(row["ci95_high"]) - float(y)
+                err = (lo, hi)
         else:
-            key, err = f"trial:{row['trial_id']}", None
+            key = f"trial:{row['trial_id']}"
         points[key] = {
             "x": float(x) / scale,
             "y": float(y),
@@ -129,12 +136,12 @@ def _scatter(ax, df, xcol: str, target: str, xlabel: str, scale: float = 1.0, pa
             pts = [p for p in points if p["status"] == status and p["bottom_heavy"] == bh]
             if not pts:
                 continue
-            errs = [p["err"] if p["err"] is not None else 0.0 for p in pts]
+            errs = [p["err"] or (0.0, 0.0) for p in pts]
             filled = status == "completed"
             ax.errorbar(
                 [p["x"] for p in pts],
                 [p["y"] for p in pts],
-                yerr=errs if any(errs) else None,
+                yerr=[[e[0] for e in errs], [e[1] for e in errs]] if any(p["err"] for p in pts) else None,
                 fmt=style["marker"],
                 color=COLORS[bh],
                 mfc=COLORS[bh] if filled else "none",
@@ -346,8 +353,10 @@ def build_report(
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: no such run folder")
     study = load_study_of(run_dir)
-    df = load_results(run_dir, refresh=refresh)
     target = study.target_metric
+    from bhsearch.tune.results import with_noise_floor
+
+    df = with_noise_floor(load_results(run_dir, refresh=refresh), target)  # also for tables of older versions
     info: dict[str, Any] = {"run_dir": str(run_dir), "study": study.name, "metric": target}
     agreement = rank_agreement(df, target) if target != "top1" else {"tau": None, "p": None, "n": 0, "ci95": None}
     info.update(

@@ -329,7 +329,9 @@ class HRNetSpec:
         stem = "s" + "".join(str(s) for s in self.stem_strides) + ("p" if self.pool_after_stage1 else "")
         stem += f"c{self.stem_width}" if self.stem_width != 64 else ""
         s1 = f"{self.stage1_blocks}{'b' if self.stage1_block == 'bottleneck' else 'a'}{self.stage1_width}"
-        stages = [f"{st.modules}x{_dashed(st.blocks, '.')}" + ("" if st.block == "basic" else "b") for st in self.stages]
+        stages = [
+            f"{st.modules}x{_dashed(st.blocks, '.')}" + ("" if st.block == "basic" else "b") for st in self.stages
+        ]
         return ":".join(["hrnet", wcode, stem, s1, *stages])
 
     def to_dict(self) -> dict[str, Any]:
@@ -346,9 +348,7 @@ class HRNetSpec:
 
     def scaled(self, factor: float) -> HRNetSpec:
         """The same topology with every width multiplied by ``factor``."""
-        stages = tuple(
-            dataclasses.replace(s, widths=tuple(_scale(w, factor) for w in s.widths)) for s in self.stages
-        )
+        stages = tuple(dataclasses.replace(s, widths=tuple(_scale(w, factor) for w in s.widths)) for s in self.stages)
         return self.replace(
             stages=stages,
             stem_width=_scale(self.stem_width, factor),
@@ -383,9 +383,7 @@ def _parse_hrnet_id(text: str) -> HRNetSpec:
         m = _HR_STAGE.match(code)
         _check(m is not None, f"bad stage code {code!r} in {text!r} (expected e.g. 4x4.4.4)")
         blocks = _parse_dashed(m["blocks"], text, sep=".")
-        stages.append(
-            HRStage(int(m["m"]), blocks, widths[: i + 2], "bottleneck" if m["b"] else "basic")
-        )
+        stages.append(HRStage(int(m["m"]), blocks, widths[: i + 2], "bottleneck" if m["b"] else "basic"))
     return HRNetSpec(
         stages=tuple(stages),
         stem_width=int(ms["c"]) if ms["c"] else 64,
@@ -400,8 +398,7 @@ def _parse_hrnet_id(text: str) -> HRNetSpec:
 def hrnet(width: int, stage_blocks: tuple[tuple[int, int], ...] = ((1, 4), (4, 4), (3, 4)), **kw: Any) -> HRNetSpec:
     """An HRNet with branch widths ``width * 2**i`` and ``(modules, blocks-per-branch)`` per stage."""
     stages = tuple(
-        HRStage(m, (b,) * (i + 2), tuple(width * 2**j for j in range(i + 2)))
-        for i, (m, b) in enumerate(stage_blocks)
+        HRStage(m, (b,) * (i + 2), tuple(width * 2**j for j in range(i + 2))) for i, (m, b) in enumerate(stage_blocks)
     )
     return HRNetSpec(stages=stages, **kw)
 
@@ -423,9 +420,7 @@ NAMED_SPECS: dict[str, Spec] = {
     "bh-resnet50": ResNetSpec(blocks=(7, 6, 2, 1), strides=(2, 2, 2, 2), stem_kernel=3, stem_stride=1),
     # Paper Table 4, read as: stem s1 + s2, stage 1 at stride 2, max-pool after stage 1
     # (docs/bottom-heavy.md explains the reading and compares its cost with the paper's).
-    "bh-hrnet18": hrnet(
-        18, ((1, 4), (4, 3), (3, 2)), stem_strides=(1, 2), pool_after_stage1=True, stage1_width=36
-    ),
+    "bh-hrnet18": hrnet(18, ((1, 4), (4, 3), (3, 2)), stem_strides=(1, 2), pool_after_stage1=True, stage1_width=36),
     "bh-hrnet32": hrnet(32, ((1, 7), (4, 2), (3, 1)), stem_strides=(1, 2), pool_after_stage1=True),
 }
 

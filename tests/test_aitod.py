@@ -48,7 +48,9 @@ def random_set(seed: int, n_images: int = 10):
         for _ in range(int(rng.integers(0, 20))):
             s = rng.uniform(2, 45)
             box = [*rng.uniform(0, 700, 2), s, s]
-            dets.append({"image_id": i + 1, "category_id": int(rng.integers(1, 9)), "bbox": box, "score": float(rng.random())})
+            dets.append(
+                {"image_id": i + 1, "category_id": int(rng.integers(1, 9)), "bbox": box, "score": float(rng.random())}
+            )
     cats = [{"id": k, "name": n} for k, n in enumerate(AITOD_CLASSES, 1)]
     return {"images": images, "annotations": anns, "categories": cats}, dets
 
@@ -116,10 +118,16 @@ def test_synthetic_set_is_in_the_release_layout_and_evaluates(tmp_path):
     ann, images = resolve_aitod(tmp_path, "test")
     assert ann.name == "aitod_test_v1.json" and images == tmp_path / "AI-TOD" / "test" / "images"
     split = read_aitod(tmp_path / "AI-TOD", "trainval")
-    assert split.summary()["images"] == 2 and sum(split.summary()["per_class"].values()) == len(split.data["annotations"])
-    assert all((images.parent.parent / "trainval" / "images" / im["file_name"]).is_file() for im in split.data["images"])
+    assert split.summary()["images"] == 2 and sum(split.summary()["per_class"].values()) == len(
+        split.data["annotations"]
+    )
+    assert all(
+        (images.parent.parent / "trainval" / "images" / im["file_name"]).is_file() for im in split.data["images"]
+    )
     gt = json.loads(ann.read_text())
-    dets = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=1.0) for a in gt["annotations"]]
+    dets = [
+        dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=1.0) for a in gt["annotations"]
+    ]
     assert evaluate_aitod(ann, dets)["AP"] == pytest.approx(toolkit(gt, dets)["AP"], abs=1e-7)
 
 
@@ -140,15 +148,19 @@ def test_cli_aitod(tmp_path):
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     run = [sys.executable, "-m", "bhsearch", "evaluate", "--benchmark", "aitod"]
-    proc = subprocess.run([*run, "--gt", str(tmp_path / "gt.json"), "--dets", str(tmp_path / "dets.json"), "--json"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*run, "--gt", str(tmp_path / "gt.json"), "--dets", str(tmp_path / "dets.json"), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["AP"] == pytest.approx(toolkit(gt, dets)["AP"], abs=1e-7)
     assert res["settings"]["benchmark"] == "aitod"
     (tmp_path / "bad.json").write_text(json.dumps([{"image_id": 99, "bbox": [1, 1, 2, 2], "score": 1}]))
-    proc = subprocess.run([*run, "--gt", str(tmp_path / "gt.json"), "--dets", str(tmp_path / "bad.json")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*run, "--gt", str(tmp_path / "gt.json"), "--dets", str(tmp_path / "bad.json")], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "image_id 99" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -170,8 +182,16 @@ def test_finetune_on_synthetic_aitod_uses_its_evaluator(tmp_path):
     from bhsearch.train.finetune import FinetuneConfig, run_finetune
 
     cfg = FinetuneConfig(
-        epochs=1, batch_size=2, width_mult=0.125, tile=(256, 256), overlap=0, max_train_tiles=4,
-        max_eval_images=1, fpn_channels=16, progress="off", eval_batch_size=2,
+        epochs=1,
+        batch_size=2,
+        width_mult=0.125,
+        tile=(256, 256),
+        overlap=0,
+        max_train_tiles=4,
+        max_eval_images=1,
+        fpn_channels=16,
+        progress="off",
+        eval_batch_size=2,
     )
     res = run_finetune("resnet18", f"synthetic-aitod:{tmp_path / 'data'}", cfg, out_dir=tmp_path / "run")
     assert res["benchmark"] == "aitod" and res["max_dets"] == 1500
@@ -240,8 +260,23 @@ def test_tiny_aitod_study_runs_through_ray(ray_session, tmp_path):
 
 
 def test_cli_synth_aitod_refuses_to_overwrite(tmp_path):
-    run = [sys.executable, "-m", "bhsearch", "data", "synth-aitod", str(tmp_path), "--train", "1", "--test", "1",
-           "--image-size", "96", "--objects", "3", "5"]
+    run = [
+        sys.executable,
+        "-m",
+        "bhsearch",
+        "data",
+        "synth-aitod",
+        str(tmp_path),
+        "--train",
+        "1",
+        "--test",
+        "1",
+        "--image-size",
+        "96",
+        "--objects",
+        "3",
+        "5",
+    ]
     first = subprocess.run([*run, "--json"], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["root"] == str(tmp_path / "AI-TOD")

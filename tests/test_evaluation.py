@@ -168,7 +168,14 @@ def reference_loops(gt: dict, dets: list, max_dets: int, iod_rule: str, protocol
 
 def reference_official_mr(gt: dict, dets: list) -> dict:
     """Plain loops written from the official miss-rate rules (docstring of bhsearch.tasks.tinyperson.miss_rate)."""
-    setups = {"tiny": (2, 20), "tiny1": (2, 8), "tiny2": (8, 12), "tiny3": (12, 20), "small": (20, 32), "all": (-1, 1e10)}
+    setups = {
+        "tiny": (2, 20),
+        "tiny1": (2, 8),
+        "tiny2": (8, 12),
+        "tiny3": (12, 20),
+        "small": (20, 32),
+        "all": (-1, 1e10),
+    }
     fppi_points = np.exp(np.arange(np.log(0.01), np.log(1.0) + 1e-10, np.log(100) / 8))
     images = sorted(img["id"] for img in gt["images"])
 
@@ -204,7 +211,8 @@ def reference_official_mr(gt: dict, dets: list) -> dict:
                     if m is None:
                         darea = d["bbox"][2] * d["bbox"][3]
                         iods = [
-                            overlap(d["bbox"], gts[k]["bbox"], True) / (1 + overlap(d["bbox"], gts[k]["bbox"], True))
+                            overlap(d["bbox"], gts[k]["bbox"], True)
+                            / (1 + overlap(d["bbox"], gts[k]["bbox"], True))
                             * (1 + gts[k]["area"] / darea)
                             for k in order
                             if ig[k] and darea > 0

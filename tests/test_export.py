@@ -462,7 +462,11 @@ def test_mmdet2_config_parses_and_builds_backbone(norm, tmp_path):
     assert cfg.model.type == "FasterRCNN" and cfg.model.neck.type == "FPN"
     backbone = cfg.model.backbone
     assert backbone.type == "BHSearchBackbone" and backbone.spec == SPEC.id and backbone.init_cfg is None
-    expected = {"type": "GN", "num_groups": 32, "requires_grad": True} if norm == "gn" else {"type": "BN", "requires_grad": True}
+    expected = (
+        {"type": "GN", "num_groups": 32, "requires_grad": True}
+        if norm == "gn"
+        else {"type": "BN", "requires_grad": True}
+    )
     assert backbone.norm_cfg == expected and "norm" not in backbone
     assert cfg.model.train_cfg.rpn.assigner.type == "MaxIoUAssigner" and "rcnn" in cfg.model.test_cfg
     assert cfg.model.neck.in_channels == list(SPEC.out_channels)

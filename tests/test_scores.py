@@ -80,6 +80,7 @@ def test_zen_equals_the_hand_computation(bn):
     z1, z2 = np.einsum("oi,nihw->nohw", w, x), np.einsum("oi,nihw->nohw", w, x2)
     bn_term = 0.0
     if bn:
+
         def norm(z):
             return (z - z.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(z.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
 
@@ -126,15 +127,33 @@ def _cli(*args):
 
 
 def test_cli_json_and_errors(tmp_path):
-    out = _cli("--spec", "resnet18", "--spec", "bh-resnet50", "--score", "naswot,params,bh_share", "--width-mult",
-               "0.125", "--input", "128x96", "--small", "none", "--json", "--csv", str(tmp_path / "s.csv"))
+    out = _cli(
+        "--spec",
+        "resnet18",
+        "--spec",
+        "bh-resnet50",
+        "--score",
+        "naswot,params,bh_share",
+        "--width-mult",
+        "0.125",
+        "--input",
+        "128x96",
+        "--small",
+        "none",
+        "--json",
+        "--csv",
+        str(tmp_path / "s.csv"),
+    )
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert [r["id"] for r in rows] == ["resnet:basic:k7s2p:2-2-2-2", "resnet:bottleneck:k3s1p:7-6-2-1:s2-2-2-2"]
     assert set(rows[0]) == {"id", "naswot@128x96", "params", "bh_share", "seconds"}
     assert (tmp_path / "s.csv").read_text().startswith("id,naswot@128x96,")
-    for bad, message in ((("--score", "jacov"), "unknown score"), (("--batch", "1"), "batch must be at least 2"),
-                         (("--width-mult", "nan"), "--width-mult")):
+    for bad, message in (
+        (("--score", "jacov"), "unknown score"),
+        (("--batch", "1"), "batch must be at least 2"),
+        (("--width-mult", "nan"), "--width-mult"),
+    ):
         proc = _cli("--spec", "resnet18", *bad)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1

@@ -75,6 +75,10 @@ def test_results_get_intervals_comparisons_and_the_best_set():
     assert by["1"].metric_mean == 21.0 and by["2"].metric_mean == 21.0 and by["1"].metric_seeds == 2
     assert by["1"].ci95_high - 21.0 == pytest.approx(t * std / math.sqrt(2))
     assert by["5"].ci95_low == pytest.approx(60.0 - t * std)
+    assert by["6"].ci95_low is None or pd.isna(by["6"].ci95_low)
+    low = with_noise_floor(pd.DataFrame([*rows[:4], _row("9", "weak", "candidate", 1.0)]).assign(rank=0), "AP50_tiny")
+    weak = low[low["spec_id"] == "weak"].iloc[0]
+    assert weak["ci95_low"] == 0.0 and weak["ci95_high"] == pytest.approx(1.0 + t * std)  # clipped at 0 %
     assert by["1"].vs_base == "base" and by["3"].vs_base == "better"  # 9 > t * s * 1 = 6.09
     assert t * std * 1.0 == pytest.approx(6.085, abs=1e-3)
     assert by["5"].vs_base == "better" and by["6"].vs_base is None and pd.isna(by["6"].ci95_low)
@@ -132,16 +136,18 @@ def test_plots_draw_one_point_per_completed_spec_and_one_per_stopped_trial():
         _row("5", "bad", "candidate", None, status="error"),
         _row("6", "run", "candidate", 7.0, status="unfinished"),
     ]
+    # x differs between the base's two seeds (as proxy top-1 does)
+    for row, x, bh in zip(rows, [1e6, 3e6, 2e6, 3e6, 4e6, 5e6], [False, False, True, True, True, False], strict=True):
+        row.update(activations=x, bottom_heavy=bh)
     df = with_noise_floor(pd.DataFrame(rows).assign(rank=0), "AP50_tiny")
-    df["activations"] = [1e6, 1e6, 2e6, 3e6, 4e6, 5e6]
-    df["bottom_heavy"] = [False, False, True, True, True, False]
     points = plot_points(df, "activations", "AP50_tiny", scale=1e6)
     by = {(p["spec_id"], p["status"]): p for p in points}
     assert len(points) == 4  # the base's two seeds share one point; the errored trial has no metric
     base = by[("base", "completed")]
     half = noise_floor({"base": [20.0, 22.0]}).half_width(2)
-    assert (base["x"], base["y"]) == (1.0, 21.0) and base["err"] == pytest.approx(half)
-    assert by[("cand", "completed")]["err"] == pytest.approx(noise_floor({"b": [20.0, 22.0]}).half_width(1))
+    assert (base["x"], base["y"]) == (2.0, 21.0) and base["err"] == pytest.approx((half, half))
+    one = noise_floor({"b": [20.0, 22.0]}).half_width(1)  # 12.7: the interval [17.3, 42.7] needs no clipping
+    assert by[("cand", "completed")]["err"] == pytest.approx((one, one))
     stopped = by[("low", "stopped")]
     assert (stopped["y"], stopped["err"], stopped["bottom_heavy"]) == (5.0, None, True)
     assert by[("run", "unfinished")]["y"] == 7.0
@@ -150,7 +156,9 @@ def test_plots_draw_one_point_per_completed_spec_and_one_per_stopped_trial():
 def test_plots_are_written_with_every_status(tmp_path):
     from bhsearch.report import PLOTS, make_plots
 
-    rows = [_row(str(i), f"s{i}", "candidate", 10.0 + i, status=st) for i, st in enumerate(["completed"] * 3 + ["stopped"])]
+    rows = [
+        _row(str(i), f"s{i}", "candidate", 10.0 + i, status=st) for i, st in enumerate(["completed"] * 3 + ["stopped"])
+    ]
     df = with_noise_floor(pd.DataFrame(rows).assign(rank=0), "AP50_tiny")
     for col, values in (("activations", [1e6, 2e6, 3e6, 4e6]), ("params", [1e5] * 4), ("flops", [1e9] * 4)):
         df[col] = values

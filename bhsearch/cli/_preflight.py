@@ -20,7 +20,9 @@ def check_dashboard(host: str | None) -> None:
         return
     missing = [name for name in DASHBOARD_MODULES if importlib.util.find_spec(name) is None]
     if missing:
-        raise UsageError(f"--dashboard-host needs Ray's dashboard packages (missing {', '.join(missing)}): {DASHBOARD_HINT}")
+        raise UsageError(
+            f"--dashboard-host needs Ray's dashboard packages (missing {', '.join(missing)}): {DASHBOARD_HINT}"
+        )
 
 
 def check_tune(study: Any, storage: str | None, dashboard_host: str | None) -> None:

@@ -122,7 +122,9 @@ def run(args) -> int:
     elif bench.name == "tinyperson":
         _print_tinyperson(result)
     else:
-        _print_flat(result, f"{bench.title} ({result.get('settings', {}).get('protocol', 'official protocol')}), percent")
+        _print_flat(
+            result, f"{bench.title} ({result.get('settings', {}).get('protocol', 'official protocol')}), percent"
+        )
     return 0
 
 

@@ -91,7 +91,13 @@ def run(args) -> int:
     specs = _specs(args)
     progress = _Progress(len(specs), enabled=not args.json and sys.stderr.isatty())
     rows = score_specs(
-        specs, scores, sizes, width_mult=width, batch=batches, seed=parse_int(args.seed, "--seed", minimum=0), on_row=progress
+        specs,
+        scores,
+        sizes,
+        width_mult=width,
+        batch=batches,
+        seed=parse_int(args.seed, "--seed", minimum=0),
+        on_row=progress,
     )
     progress.close()
     if args.csv:
@@ -119,8 +125,12 @@ class _Progress:
         done = i + 1
         elapsed = self.clock() - self.t0
         eta = elapsed / done * (self.total - done)
-        print(f"\rscored {done}/{self.total} candidates, {elapsed:.0f} s elapsed, ETA {eta:.0f} s ",
-              end="", file=sys.stderr, flush=True)
+        print(
+            f"\rscored {done}/{self.total} candidates, {elapsed:.0f} s elapsed, ETA {eta:.0f} s ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.enabled:

@@ -28,7 +28,11 @@ SYNTHETIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic-imagenet32": {"n_batches": 2, "per_batch": 2000, "n_val": 1000, "seed": 0},
     "synthetic-tinyperson": {"n_train": 12, "n_test": 6, "seed": 0, "min_size": 800, "max_size": 1600},
     "synthetic-widerface": {},
-    "synthetic-aitod": {"n_trainval": 6, "n_test": 3, "seed": 0},  # write_widerface's defaults, as bhsearch.train.finetune_widerface.open_widerface
+    "synthetic-aitod": {
+        "n_trainval": 6,
+        "n_test": 3,
+        "seed": 0,
+    },  # write_widerface's defaults, as bhsearch.train.finetune_widerface.open_widerface
 }
 
 

@@ -45,6 +45,7 @@ def building(out_dir: str | Path, names: tuple[str, ...], overwrite: bool = Fals
     with atomic_entries(out, last=names[-1:]) as stage:
         yield stage
 
+
 # --------------------------------------------------------------------------- 32x32 classification
 
 PALETTE = np.array(

@@ -32,7 +32,9 @@ def check_overlap(tile: Sequence[int], overlap: int) -> None:
     (``--tile 32x32 --overlap 31``: ~145k tiles for one TinyPerson image)."""
     half = min(int(tile[0]), int(tile[1])) // 2
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= half:
-        raise UsageError(f"tile overlap must be an integer from 0 to {half} (half the tile {tile[0]}x{tile[1]}), got {overlap!r}")
+        raise UsageError(
+            f"tile overlap must be an integer from 0 to {half} (half the tile {tile[0]}x{tile[1]}), got {overlap!r}"
+        )
 
 
 def tile_windows(

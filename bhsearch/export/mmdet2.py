@@ -126,7 +126,9 @@ def config_text_v2(
     lines.append("\n# --------------------------------------------------------------------------- schedule\n")
     put("optimizer", {"type": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0001})
     put("optimizer_config", {"grad_clip": None})
-    put("lr_config", {"policy": "step", "warmup": "linear", "warmup_iters": 500, "warmup_ratio": 0.001, "step": [8, 11]})
+    put(
+        "lr_config", {"policy": "step", "warmup": "linear", "warmup_iters": 500, "warmup_ratio": 0.001, "step": [8, 11]}
+    )
     put("runner", {"type": "EpochBasedRunner", "max_epochs": 12})
     put("auto_scale_lr", {"enable": False, "base_batch_size": 4})
     lines.append("\n# --------------------------------------------------------------------------- runtime\n")

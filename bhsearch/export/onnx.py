@@ -258,4 +258,12 @@ def export(
     return ExportResult("onnx", out, files, source.spec.id, report)
 
 
-__all__ = ["BACKBONE_TOLERANCE", "check_backbone", "check_detector", "compare_detections", "export", "export_backbone", "export_detector"]
+__all__ = [
+    "BACKBONE_TOLERANCE",
+    "check_backbone",
+    "check_detector",
+    "compare_detections",
+    "export",
+    "export_backbone",
+    "export_detector",
+]

@@ -507,7 +507,9 @@ def run_finetune(
             reporter=reporter,
             keys=("loss", "lr", *bench.metric_keys[:3], "train_images_per_s", "epoch_time_s"),
             evaluate=evaluate,
-            save_weights=lambda: loop.save_safetensors(out / "model.safetensors", model.state_dict(), metadata=weights_meta),
+            save_weights=lambda: loop.save_safetensors(
+                out / "model.safetensors", model.state_dict(), metadata=weights_meta
+            ),
             checkpoint=checkpoint,
             out_dir=out,
             weights_file="model.safetensors",

@@ -296,12 +296,16 @@ def with_noise_floor(df, metric: str):
     """``df`` with the noise-floor columns (``bhsearch.tune.stats``) filled for completed trials and re-ranked.
 
     ``metric_mean`` / ``metric_seeds``: the spec's mean final metric over its completed seeds; ``ci95_low`` /
-    ``ci95_high``: its 95 % interval from the pooled seed spread; ``vs_base``: ``better`` / ``worse`` / ``within
+    ``ci95_high``: its 95 % interval from the pooled seed spread, clipped to [0, 100]; ``vs_base``: ``better`` / ``worse`` / ``within
     noise`` than the base's mean (``base`` on the base's rows, empty without a noise floor); ``in_best_set``: not
     significantly worse than the top spec. Completed trials rank by ``metric_mean`` (ties: their own value).
     """
     from bhsearch.tune.stats import best_set, noise_floor
 
+    df = df.copy()
+    for col in (*NOISE_NUMBERS, "vs_base", "in_best_set"):  # recomputed from scratch (older tables lack them)
+        df[col] = None if col == "vs_base" else False if col == "in_best_set" else float("nan")
+    df["vs_base"] = df["vs_base"].astype("object")
     groups = spec_means(df, metric)
     floor = noise_floor(groups)
     means = {k: (sum(v) / len(v), len(v)) for k, v in groups.items()}
@@ -316,8 +320,8 @@ def with_noise_floor(df, metric: str):
         mean, n = means[spec_id]
         half = floor.half_width(n)
         df.at[i, "metric_mean"], df.at[i, "metric_seeds"] = mean, n
-        if half is not None:
-            df.at[i, "ci95_low"], df.at[i, "ci95_high"] = mean - half, mean + half
+        if half is not None:  # clipped to the range of a percentage
+            df.at[i, "ci95_low"], df.at[i, "ci95_high"] = max(0.0, mean - half), min(100.0, mean + half)
         if spec_id == ref:
             df.at[i, "vs_base"] = "base"
         elif ref in means:

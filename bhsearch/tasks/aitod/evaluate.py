@@ -77,7 +77,11 @@ def evaluate_aitod(gt: dict | str | Path, dets: list | str | Path, max_dets: int
         gt = engine._read_json(gt, "GT")
     if isinstance(dets, (str, Path)):
         dets = engine._read_json(dets, "DETS")
-    if not isinstance(gt, dict) or not isinstance(gt.get("images"), list) or not isinstance(gt.get("annotations"), list):
+    if (
+        not isinstance(gt, dict)
+        or not isinstance(gt.get("images"), list)
+        or not isinstance(gt.get("annotations"), list)
+    ):
         raise DataError(f"{gt_source}: ground truth must be a COCO JSON object with 'images' and 'annotations' lists")
     if not isinstance(dets, list):
         raise DataError("DETS: detections must be a JSON list in COCO results format")

@@ -457,7 +457,10 @@ def _match_all(gt, det, thr, iod_thr, ranges, max_dets, protocol):
         if s == e or d0 == d1:
             continue
         rows, match, iod = _pair_matrices(
-            boxes[d0:d1], gt.boxes[s:e], gt.areas[s:e], gt.crowd[s:e],
+            boxes[d0:d1],
+            gt.boxes[s:e],
+            gt.areas[s:e],
+            gt.crowd[s:e],
             None if iod_over is None else iod_over[s:e],
             crowd_iou_in_iod=protocol == "official",
         )

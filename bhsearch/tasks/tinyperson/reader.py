@@ -224,7 +224,9 @@ class TinyPersonDataset:
             else:
                 pos[rec.image_id].append(box)
                 if not merged and ann.get("category_id") not in label_of:
-                    raise DataError(f"{src}: annotation {aid}: category_id {ann.get('category_id')!r} is not in 'categories'")
+                    raise DataError(
+                        f"{src}: annotation {aid}: category_id {ann.get('category_id')!r} is not in 'categories'"
+                    )
                 lab[rec.image_id].append(1 if merged else label_of[ann.get("category_id")])
         self.counts["clipped"] = oob
         if oob:
@@ -456,6 +458,8 @@ class ImageGroupedSampler:
                 rng.shuffle(g)
         for img in order:
             yield from groups[img]
+
+
 def resolve_tinyperson(path: str | Path) -> tuple[Path, Path, Path, Path]:
     """``(train_json, train_img_root, test_json, test_img_root)`` of a TinyPerson tree.
 
@@ -490,5 +494,3 @@ def read_tinyperson(path: str | Path, split: str = "train", **kwargs: Any) -> Ti
     train_json, train_root, test_json, test_root = resolve_tinyperson(path)
     ann, root = (train_json, train_root) if split == "train" else (test_json, test_root)
     return TinyPersonDataset(ann, root, **kwargs)
-
-

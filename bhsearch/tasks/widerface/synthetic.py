@@ -189,9 +189,7 @@ def _write_mats(folder: Path, split: str, images: list[tuple[str, str, np.ndarra
     for setting in SETTINGS:
         gt_list = _cell(
             [
-                _cell(
-                    [setting_indices(f, min_height)[setting].astype(np.int32).reshape(-1, 1) for _, f in by_event[e]]
-                )
+                _cell([setting_indices(f, min_height)[setting].astype(np.int32).reshape(-1, 1) for _, f in by_event[e]])
                 for e in events
             ]
         )
