@@ -55,16 +55,17 @@ def _run_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def counted(monkeypatch):
-    """The real ``measure_latency``, counting its calls and the settings they asked for."""
-    from bhsearch.latency.measure import measure_latency
+    """The real ``measure_latencies``, counting the specs it measured and the settings they asked for."""
+    import bhsearch.latency.measure as measure
 
+    real = measure.measure_latencies
     calls = []
 
-    def wrapper(spec, input_size, **kwargs):
-        calls.append((get_spec(spec).id, input_size, kwargs))
-        return measure_latency(spec, input_size, **kwargs)
+    def wrapper(specs, input_size, **kwargs):
+        calls.extend((get_spec(spec).id, input_size, kwargs) for spec in specs)
+        return real(specs, input_size, **kwargs)
 
-    monkeypatch.setattr(bhsearch.latency, "measure_latency", wrapper, raising=False)
+    monkeypatch.setattr(measure, "measure_latencies", wrapper)
     return calls
 
 
@@ -143,6 +144,9 @@ def test_predicted_from_a_profile_table(tmp_path, monkeypatch):
         raise AssertionError("a study with a profile table must not time anything")
 
     monkeypatch.setattr(bhsearch.latency, "measure_latency", never, raising=False)
+    import bhsearch.latency.measure as measure
+
+    monkeypatch.setattr(measure, "measure_latencies", never)
     run_dir = _run_dir(tmp_path)
     profile = _profile(tmp_path / "cpu.json", [BASE, PAPER])
     study = _study(tmp_path, profile=str(profile))
@@ -214,3 +218,17 @@ def test_defaults_and_relative_profile(tmp_path):
     default = Study.model_validate({**study.model_dump(), "latency": {}}).latency
     assert (default.threads, default.warmup, default.reps, default.clock, default.profile) == (1, 2, 10, "wall", None)
     assert study.absolute(tmp_path).latency.profile == str(tmp_path / "profiles" / "cpu.json")
+
+
+def test_statistic_min_reports_the_fastest_pass_and_the_allocator_is_pinned(tmp_path):
+    from bhsearch.latency.measure import measure_latencies, steady_allocator
+
+    run_dir = _run_dir(tmp_path)
+    record = update_latency(run_dir, _study(tmp_path, statistic="min"))
+    assert record["settings"]["statistic"] == "min"
+    for entry in record["specs"].values():
+        assert entry["latency_ms"] == entry["latency_min_ms"] <= entry["latency_median_ms"]
+    # interleaved rounds: every spec gets exactly `reps` timed passes
+    out = measure_latencies([BASE.id, PAPER.id], "64x64", warmup=0, reps=4, threads=1)
+    assert list(out) == [BASE.id, PAPER.id] and all(v["reps"] == 4 for v in out.values())
+    assert steady_allocator() is True  # glibc (Linux CI): mallopt accepted both thresholds
