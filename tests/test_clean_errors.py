@@ -39,6 +39,7 @@ def _writers(out: Path, data: Path, study: Path):
         "data synth-tinyperson": ("data", "synth-tinyperson", out / "tp"),
         "data synth-cifar100": ("data", "synth-cifar100", out / "c"),
         "data synth-imagenet32": ("data", "synth-imagenet32", out / "i"),
+        "data synth-imagenet": ("data", "synth-imagenet", out / "in"),
         "export": ("export", "resnet18", "--to", "torchvision", "--out", out / "exp"),
         "solve --csv": ("solve", "--csv", out / "rows.csv"),
         "profile": ("profile", "--base", "resnet18", "--out", out / "latency.json"),

@@ -98,7 +98,7 @@ def test_finetune_options_are_checked_against_widerface_config(tmp_path):
 def test_data_kind_must_fit_the_stage(tmp_path):
     msg = error_of(tmp_path, STUDY.replace("synthetic-cifar100:data/c", "widerface:data/wf"))
     assert ":7: stages.pretrain.data: widerface data cannot be used to pretrain" in msg
-    assert "allowed: cifar100, imagenet32, synthetic-cifar100, synthetic-imagenet32" in msg
+    assert "allowed: cifar100, imagenet32, imagenet, synthetic-cifar100, synthetic-imagenet32, synthetic-imagenet" in msg
     msg = error_of(tmp_path, STUDY.replace("synthetic-widerface:data/wf", "cifar100:data/c"))
     assert ":10: stages.finetune.data:" in msg and "tinyperson, widerface" in msg
     msg = error_of(tmp_path, STUDY.replace("synthetic-widerface:data/wf", "faces:data/wf"))

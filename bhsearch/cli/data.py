@@ -14,11 +14,13 @@ Datasets in their real on-disk formats.
   synth-aitod OUT        write an AI-TOD-like AI-TOD/ tree (PNG + COCO JSON, 8 classes) into OUT
   synth-cifar100 OUT     write cifar-100-python/{train,test,meta} into OUT
   synth-imagenet32 OUT   write ImageNet32 batches (Imagenet32_train/, Imagenet32_val/) into OUT
+  synth-imagenet OUT     write ILSVRC2012-layout JPEG folders (train/<wnid>/, val/) into OUT
   stats KIND:PATH        counts and the object-size histogram (size = sqrt(w*h) in pixels)
   tiles KIND:PATH        how many training/test tiles, boxes kept/dropped by the 0.7 rule
 
-KIND is one of cifar100, imagenet32, tinyperson, aitod, synthetic-cifar100, synthetic-imagenet32,
-synthetic-tinyperson, synthetic-aitod (synthetic-* generate a small set into PATH if it is absent).
+KIND is one of cifar100, imagenet32, imagenet, tinyperson, aitod, synthetic-cifar100,
+synthetic-imagenet32, synthetic-imagenet, synthetic-tinyperson, synthetic-aitod (synthetic-* generate a
+small set into PATH if it is absent).
 """
 
 SIZE_BINS = (0, 8, 12, 20, 32, 64, float("inf"))
@@ -104,6 +106,31 @@ def register(subparsers) -> None:
     i.add_argument("--overwrite", action="store_true", help="replace existing OUT/Imagenet32_* folders")
     i.add_argument("--json", action="store_true", help="print the written path as JSON")
     i.set_defaults(func=run)
+
+    n = sub.add_parser(
+        "synth-imagenet",
+        help="write a synthetic ImageNet (ILSVRC2012 JPEG folders) set",
+        description="Write OUT/train/<wnid>/<wnid>_K.JPEG and the validation JPEGs ILSVRC2012_val_NNNNNNNN.JPEG: "
+        "in OUT/val/<wnid>/ (--val-layout folders), flat in OUT/val/ with the devkit's "
+        "ILSVRC2012_devkit_t12/data/{ILSVRC2012_validation_ground_truth.txt,meta.mat} (devkit) or flat with "
+        "OUT/LOC_val_solution.csv (kaggle). Images are 64..96 px by default.",
+    )
+    n.add_argument("out", metavar="OUT")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--classes", type=int, default=10, help="number of classes (wnids), 1..1000 (default 10)")
+    n.add_argument("--train", type=int, default=8, metavar="N", help="training images per class (default 8)")
+    n.add_argument("--val", type=int, default=4, metavar="N", help="validation images per class (default 4)")
+    n.add_argument("--min-size", type=int, default=64, help="smallest image side in pixels (default 64)")
+    n.add_argument("--max-size", type=int, default=96, help="largest image side in pixels (default 96)")
+    n.add_argument(
+        "--val-layout",
+        choices=("folders", "devkit", "kaggle"),
+        default="folders",
+        help="validation layout (default folders)",
+    )
+    n.add_argument("--overwrite", action="store_true", help="replace existing OUT/train, OUT/val (and label files)")
+    n.add_argument("--json", action="store_true", help="print the written path as JSON")
+    n.set_defaults(func=run)
 
     s = sub.add_parser(
         "stats",
@@ -232,6 +259,31 @@ def run(args) -> int:
             {"path": str(path), "train": args.batches * args.per_batch, "val": args.val},
             args.json,
             "synthetic ImageNet32",
+        )
+    elif cmd == "synth-imagenet":
+        from bhsearch.data.synthetic import write_imagenet
+
+        path = write_imagenet(
+            args.out,
+            n_classes=args.classes,
+            n_train=args.train,
+            n_val=args.val,
+            seed=args.seed,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            val_layout=args.val_layout,
+            overwrite=args.overwrite,
+        )
+        _print(
+            {
+                "path": str(path),
+                "classes": args.classes,
+                "train": args.classes * args.train,
+                "val": args.classes * args.val,
+                "val_layout": args.val_layout,
+            },
+            args.json,
+            "synthetic ImageNet",
         )
     elif cmd == "stats":
         _print(_stats(args.ref), args.json, f"dataset {args.ref}")

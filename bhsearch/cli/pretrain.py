@@ -1,4 +1,4 @@
-"""``bhsearch pretrain``: proxy classification pre-training of a backbone (CIFAR-100, ImageNet32, synthetic)."""
+"""``bhsearch pretrain``: classification pre-training of a backbone (CIFAR-100, ImageNet32, ImageNet, synthetic)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ ORDER = 60
 
 DESCRIPTION = """\
 Pre-train a backbone as a classifier (global pool + linear) on 32x32 images, as the paper's
-proxy task (random crop + flip, SGD, cosine or step schedule). Writes OUT/backbone.safetensors
+proxy task (random crop + flip, SGD, cosine or step schedule), or on ImageNet JPEG folders
+(imagenet:PATH: 224x224 RandomResizedCrop + flip, evaluation Resize(256) + CenterCrop(224); set
+--image-size for smaller runs). Writes OUT/backbone.safetensors
 (loads into the backbone, and into `bhsearch finetune --init`), OUT/spec.json,
 OUT/metrics.jsonl (top-1/top-5 per epoch, percent) and OUT/checkpoint.pt.
 
@@ -21,6 +23,7 @@ Ctrl-C saves a checkpoint after the current step; --resume continues to the same
 examples:
   bhsearch pretrain --spec bh-resnet50 --data cifar100:~/data --epochs 30 --out runs/pre
   bhsearch pretrain --spec resnet18 --width-mult 0.25 --data synthetic-cifar100:/tmp/c100 --epochs 2
+  bhsearch pretrain --spec bh-resnet50 --data imagenet:~/data/ILSVRC2012 --num-workers 8 --epochs 90
 """
 
 
@@ -47,11 +50,12 @@ def add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--json", action="store_true", help="print the final result as JSON")
 
 
-def build_config(cls, args: argparse.Namespace, names: dict[str, str]):
-    """``cls`` from ``--config`` (if any) overridden by the options given on the command line."""
+def build_config(cls, args: argparse.Namespace, names: dict[str, str], defaults: dict[str, Any] | None = None):
+    """``cls`` from ``defaults`` (the data's recipe), then ``--config`` (if any), then the command-line options."""
     from bhsearch.spec import load_mapping
 
-    values: dict[str, Any] = dict(load_mapping(args.config)) if args.config else {}
+    values: dict[str, Any] = dict(defaults or {})
+    values.update(load_mapping(args.config) if args.config else {})
     for attr, field in names.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -110,34 +114,48 @@ COMMON_FIELDS = {
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "pretrain",
-        help="proxy pre-training of a backbone on 32x32 classification data",
+        help="pre-training of a backbone as a classifier (32x32 proxy sets or ImageNet)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--data",
         required=True,
-        help="cifar100:PATH, imagenet32:PATH, synthetic-cifar100:DIR or synthetic-imagenet32:DIR",
+        help="cifar100:PATH, imagenet32:PATH, imagenet:PATH (train/<wnid>/*.JPEG + val/), or synthetic-cifar100:DIR, "
+        "synthetic-imagenet32:DIR, synthetic-imagenet:DIR",
     )
     add_run_options(p, "runs/pre")
     p.add_argument("--schedule", choices=("cosine", "step", "constant"), help="learning-rate schedule (default cosine)")
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs (default 0)")
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0)")
-    p.add_argument("--crop", choices=("pad", "resize", "none"), help="random crop: pad (default), resize or none")
-    p.add_argument("--image-size", type=int, help="training/eval resolution (default 32 = native)")
+    p.add_argument(
+        "--crop",
+        choices=("pad", "resize", "none"),
+        help="random crop: pad (default), resize (ImageNet default) or none",
+    )
+    p.add_argument("--image-size", type=int, help="training/eval resolution (default 32 = native; ImageNet 224)")
+    p.add_argument("--crop-pct", type=float, help="image files: eval resize = image size / crop-pct (default 0.875)")
+    p.add_argument(
+        "--decode",
+        choices=("auto", "worker", "device"),
+        help="image files: decode JPEGs in the loader workers or on the device (auto: device on CUDA)",
+    )
     p.add_argument("--max-train-samples", type=int, help="use a seeded subset of the training split")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from bhsearch.data.registry import CLASSIFICATION_KINDS, parse_ref
+    from bhsearch.errors import UsageError
     from bhsearch.spec import get_spec
 
     spec = get_spec(args.spec)  # cheap checks first: no torch import for a bad spec, --data or --out
-    parse_ref(args.data, CLASSIFICATION_KINDS)
+    kind, path = parse_ref(args.data, CLASSIFICATION_KINDS)
+    if not kind.startswith("synthetic-") and not path.exists():
+        raise UsageError(f"{kind}: path {path} does not exist")
     out = Path(args.out)
     check_out_dir(out, args.resume, args.overwrite)
-    from bhsearch.train.pretrain import PretrainConfig, run_pretrain
+    from bhsearch.train.pretrain import PretrainConfig, data_defaults, run_pretrain
 
     names = dict(COMMON_FIELDS)
     names.update(
@@ -146,9 +164,11 @@ def run(args: argparse.Namespace) -> int:
         label_smoothing="label_smoothing",
         crop="crop",
         image_size="image_size",
+        crop_pct="crop_pct",
+        decode="decode",
         max_train_samples="max_train_samples",
     )
-    config = build_config(PretrainConfig, args, names)
+    config = build_config(PretrainConfig, args, names, data_defaults(args.data))
     try:
         result = run_pretrain(spec, args.data, config, out, resume=args.resume)
     except KeyboardInterrupt:

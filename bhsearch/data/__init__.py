@@ -1,7 +1,7 @@
 """Datasets in their real on-disk formats, synthetic stand-ins and tiling.
 
 Importing this package is cheap (no torch, no PIL); the readers live in submodules:
-``cifar.Cifar100``, ``imagenet32.ImageNet32``, ``tinyperson.TinyPersonDataset`` /
+``cifar.Cifar100``, ``imagenet32.ImageNet32``, ``imagenet.ImageNetFolder``, ``tinyperson.TinyPersonDataset`` /
 ``tinyperson.TileDataset``, ``tiling``, ``synthetic`` and ``registry`` (``KIND:PATH`` refs).
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 _LAZY = {
     "Cifar100": "bhsearch.data.cifar",
     "ImageNet32": "bhsearch.data.imagenet32",
+    "ImageNetFolder": "bhsearch.data.imagenet",
     "TinyPersonDataset": "bhsearch.tasks.tinyperson.reader",
     "TileDataset": "bhsearch.tasks.tinyperson.reader",
     "collate_tiles": "bhsearch.tasks.tinyperson.reader",

@@ -1,7 +1,8 @@
 """Dataset references ``KIND:PATH`` (the ``--data`` option) resolved to the real readers.
 
-Kinds: ``cifar100:DIR``, ``imagenet32:DIR``, ``tinyperson:DIR``, ``aitod:DIR``, ``widerface:DIR`` read user
-data; ``synthetic-cifar100:DIR``, ``synthetic-imagenet32:DIR``, ``synthetic-tinyperson:DIR``,
+Kinds: ``cifar100:DIR``, ``imagenet32:DIR``, ``imagenet:DIR`` (ILSVRC2012 JPEG folders, ``bhsearch.data.imagenet``),
+``tinyperson:DIR``, ``aitod:DIR``, ``widerface:DIR`` read user data; ``synthetic-cifar100:DIR``,
+``synthetic-imagenet32:DIR``, ``synthetic-imagenet:DIR``, ``synthetic-tinyperson:DIR``,
 ``synthetic-aitod:DIR``, ``synthetic-widerface:DIR`` first generate a small CPU-sized set into DIR (only if DIR
 holds none yet) and then read it with the same real readers. ``DETECTION_KINDS`` are the tiled kinds
 (TinyPerson, AI-TOD: ``bhsearch finetune``); the WiderFace kinds (``FACE_KINDS``) are fine-tuned by
@@ -17,7 +18,14 @@ from typing import Any
 
 from bhsearch.errors import UsageError
 
-CLASSIFICATION_KINDS = ("cifar100", "imagenet32", "synthetic-cifar100", "synthetic-imagenet32")
+CLASSIFICATION_KINDS = (
+    "cifar100",
+    "imagenet32",
+    "imagenet",
+    "synthetic-cifar100",
+    "synthetic-imagenet32",
+    "synthetic-imagenet",
+)
 DETECTION_KINDS = ("tinyperson", "synthetic-tinyperson", "aitod", "synthetic-aitod")
 FACE_KINDS = ("widerface", "synthetic-widerface")
 KINDS = CLASSIFICATION_KINDS + DETECTION_KINDS + FACE_KINDS
@@ -26,6 +34,7 @@ KINDS = CLASSIFICATION_KINDS + DETECTION_KINDS + FACE_KINDS
 SYNTHETIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic-cifar100": {"n_train": 5000, "n_test": 1000, "seed": 0},
     "synthetic-imagenet32": {"n_batches": 2, "per_batch": 2000, "n_val": 1000, "seed": 0},
+    "synthetic-imagenet": {"n_classes": 10, "n_train": 8, "n_val": 4, "seed": 0},
     "synthetic-tinyperson": {"n_train": 12, "n_test": 6, "seed": 0, "min_size": 800, "max_size": 1600},
     "synthetic-widerface": {},
     "synthetic-aitod": {
@@ -59,6 +68,9 @@ def ensure_synthetic(kind: str, path: Path) -> Path:
     elif kind == "synthetic-imagenet32":
         if not (path / "Imagenet32_val" / "val_data").is_file():
             synthetic.write_imagenet32(path, **params, overwrite=True)
+    elif kind == "synthetic-imagenet":
+        if not (path / "val").is_dir():  # renamed in last by write_imagenet
+            synthetic.write_imagenet(path, **params, overwrite=True)
     elif kind == "synthetic-widerface":
         # the file open_widerface checks: both generate the same set
         if not (path / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
@@ -82,7 +94,7 @@ def _existing(path: Path, kind: str) -> Path:
 
 
 def open_classification(ref: str, split: str = "train", transform: Callable | None = None, **kwargs: Any):
-    """A classification dataset for ``ref``; ``split`` is ``train`` or ``test`` (``val`` for ImageNet32)."""
+    """A classification dataset for ``ref``; ``split`` is ``train`` or ``test`` (``val`` for ImageNet32 and ImageNet)."""
     kind, path = parse_ref(ref, CLASSIFICATION_KINDS)
     if kind.startswith("synthetic-"):
         ensure_synthetic(kind, path)
@@ -92,6 +104,10 @@ def open_classification(ref: str, split: str = "train", transform: Callable | No
         from bhsearch.data.cifar import Cifar100
 
         return Cifar100(path, "test" if split == "val" else split, transform=transform, **kwargs)
+    if kind.endswith("imagenet"):
+        from bhsearch.data.imagenet import ImageNetFolder
+
+        return ImageNetFolder(path, "val" if split == "test" else split, transform=transform, **kwargs)
     from bhsearch.data.imagenet32 import ImageNet32
 
     return ImageNet32(path, "val" if split == "test" else split, transform=transform, **kwargs)

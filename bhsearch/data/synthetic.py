@@ -268,3 +268,109 @@ def _write_imagenet32(
     for i, (data, labels) in enumerate(batches, start=1):
         dump(train_dir / f"train_data_batch_{i}", {"data": data, "labels": labels, "mean": mean})
     dump(val_dir / "val_data", {"data": val[0], "labels": val[1]})
+
+
+# --------------------------------------------------------------------------- ImageNet JPEG folders
+
+IMAGENET_VAL_LAYOUTS = ("folders", "devkit", "kaggle")
+
+
+def synthetic_wnids(n_classes: int) -> list[str]:
+    """WordNet-style ids ``n0xxxxxxx`` for the synthetic ImageNet classes (sorted = class index order)."""
+    return [f"n{1440764 + 9973 * k:08d}" for k in range(n_classes)]
+
+
+def write_imagenet(
+    out_dir: str | Path,
+    n_classes: int = 10,
+    n_train: int = 8,
+    n_val: int = 4,
+    seed: int = 0,
+    min_size: int = 64,
+    max_size: int = 96,
+    val_layout: str = "folders",
+    overwrite: bool = False,
+) -> Path:
+    """Write an ILSVRC2012-layout set of JPEGs: ``train/<wnid>/<wnid>_K.JPEG`` and the validation images.
+
+    ``n_train`` / ``n_val`` are images per class; each is rendered at 32 px (class = shape, colour and
+    texture, distinct per class) and resized to a random ``min_size``..``max_size`` width and height; the
+    first training image is greyscale (as some ImageNet JPEGs are). Validation images are numbered
+    ``ILSVRC2012_val_NNNNNNNN.JPEG`` in a shuffled class order; ``val_layout`` puts them in
+    ``val/<wnid>/`` (``folders``), flat in ``val/`` with ``ILSVRC2012_devkit_t12/data/`` holding
+    ``ILSVRC2012_validation_ground_truth.txt`` and ``meta.mat`` (``devkit``; ILSVRC2012_IDs are not in
+    wnid order, and one non-leaf synset is listed, as in the real file), or flat with
+    ``LOC_val_solution.csv`` (``kaggle``). Same ``seed`` = same images in every layout.
+    """
+    if val_layout not in IMAGENET_VAL_LAYOUTS:
+        raise UsageError(f"val_layout must be one of {', '.join(IMAGENET_VAL_LAYOUTS)}, got {val_layout!r}")
+    if not 1 <= n_classes <= 1000 or n_train < 1 or n_val < 1:
+        raise UsageError("need 1..1000 classes and at least 1 training and 1 validation image per class")
+    if not 8 <= min_size <= max_size:
+        raise UsageError(f"need 8 <= min_size <= max_size, got {min_size} and {max_size}")
+    names = {"folders": ("train", "val"), "devkit": ("train", "ILSVRC2012_devkit_t12", "val")}.get(
+        val_layout, ("train", "LOC_val_solution.csv", "val")
+    )
+    with building(out_dir, names, overwrite) as stage:
+        _write_imagenet(stage, n_classes, n_train, n_val, seed, min_size, max_size, val_layout)
+    return Path(out_dir)
+
+
+def _write_imagenet(
+    out: Path, n_classes: int, n_train: int, n_val: int, seed: int, min_size: int, max_size: int, val_layout: str
+) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    wnids = synthetic_wnids(n_classes)
+    # class k looks like ImageNet32 class k * 1000 // n_classes: distinct shape/colour/texture for <= 10 classes
+    look = np.arange(n_classes) * 1000 // n_classes
+
+    def save(img: np.ndarray, path: Path, grey: bool = False) -> None:
+        w, h = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
+        pil = Image.fromarray(img).resize((w, h), Image.BILINEAR)
+        (pil.convert("L") if grey else pil).save(path, format="JPEG", quality=90)
+
+    train_labels = np.repeat(np.arange(n_classes), n_train)
+    train_imgs = render_classes(look[train_labels], IMAGENET32_FACTORS, rng)
+    for wnid in wnids:
+        (out / "train" / wnid).mkdir(parents=True)
+    for j, (img, k) in enumerate(zip(train_imgs, train_labels, strict=True)):
+        save(img, out / "train" / wnids[k] / f"{wnids[k]}_{j % n_train + 1}.JPEG", grey=j == 0)
+
+    val_labels = _balanced_labels(n_classes * n_val, n_classes, rng)
+    val_imgs = render_classes(look[val_labels], IMAGENET32_FACTORS, rng)
+    val = out / "val"
+    val.mkdir()
+    for n, (img, k) in enumerate(zip(val_imgs, val_labels, strict=True), start=1):
+        folder = val / wnids[k] if val_layout == "folders" else val
+        folder.mkdir(exist_ok=True)
+        save(img, folder / f"ILSVRC2012_val_{n:08d}.JPEG")
+    if val_layout == "devkit":
+        perm = rng.permutation(n_classes)
+        if n_classes > 1 and (perm == np.arange(n_classes)).all():
+            perm = np.roll(perm, 1)
+        ids = perm + 1  # ILSVRC2012_ID of each (sorted) wnid: never in wnid order
+        _write_devkit(out / "ILSVRC2012_devkit_t12" / "data", wnids, ids, ids[val_labels])
+    elif val_layout == "kaggle":
+        lines = ["ImageId,PredictionString"]
+        for n, k in enumerate(val_labels, start=1):
+            lines.append(f"ILSVRC2012_val_{n:08d},{wnids[k]} 10 12 50 60 {wnids[k]} 4 4 30 30")
+        (out / "LOC_val_solution.csv").write_text("\n".join(lines) + "\n")
+
+
+def _write_devkit(folder: Path, wnids: list[str], ids: np.ndarray, val_ids: np.ndarray) -> None:
+    from scipy.io import savemat
+
+    folder.mkdir(parents=True)
+    (folder / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{int(i)}\n" for i in val_ids))
+    fields = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height")
+    order = np.argsort(ids)  # meta.mat lists the synsets by ILSVRC2012_ID
+    rows = [(int(ids[k]), wnids[k], f"synthetic class {k}", "a synthetic leaf class", 0, np.zeros(0), 0) for k in order]
+    parent = len(wnids) + 1  # a non-leaf synset after the leaves, as in the real meta.mat
+    rows.append((parent, "n00001740", "entity", "an internal synset", len(wnids), ids.astype(np.float64), 19))
+    synsets = np.empty((len(rows), 1), dtype=[(f, object) for f in fields])
+    for r, row in enumerate(rows):
+        for f, value in zip(fields, row, strict=True):
+            synsets[f][r, 0] = value
+    savemat(folder / "meta.mat", {"synsets": synsets})

@@ -4,6 +4,8 @@ The paper pre-trains on 32×32 CIFAR-100 / ImageNet32 with random horizontal fli
 crops with resizing (§4.1). Augmentation runs on whole batches on the training device, from a
 generator seeded by ``(seed, epoch, batch)``, so it is cheap, identical across worker counts
 and exactly reproducible on resume.
+Image files (ImageNet folders, ``_FileBatches``) are decoded and cropped per image first, in the
+loader workers or on the device (``decode``); ImageNet's recipe defaults are ``DATA_DEFAULTS``.
 
 Outputs in ``out_dir``: ``backbone.safetensors`` (backbone keys only; loads into
 ``build_backbone(spec)``), ``spec.json``, ``metrics.jsonl`` (one line per epoch: ``loss``,
@@ -30,6 +32,7 @@ from bhsearch.train import loop
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as torchvision detectors use them
 IMAGE_STD = (0.229, 0.224, 0.225)
 CROPS = ("pad", "resize", "none")
+DECODES = ("auto", "worker", "device")
 SCHEDULES = ("cosine", "step", "constant")
 # settings that may change between a run and its resumption (they do not change the result on CPU)
 RESUMABLE_CHANGES = (
@@ -39,7 +42,13 @@ RESUMABLE_CHANGES = (
     "progress",
     "checkpoint_interval_s",
     "eval_batch_size",
+    "decode",
 )
+#: Recipe defaults per data kind, under any explicit setting (``data_defaults``): ImageNet trains at 224 px
+#: with torchvision's RandomResizedCrop (area 8-100 %) and evaluates Resize(256) + CenterCrop(224).
+DATA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "imagenet": {"image_size": 224, "crop": "resize", "resize_scale": (0.08, 1.0)}
+}
 
 Callback = Callable[[str, int, dict, Path], None]
 
@@ -52,6 +61,13 @@ class PretrainConfig:
     of ``epochs`` (step schedule). ``crop``: ``pad`` (random crop of ``padding``-padded images),
     ``resize`` (random resized crop, area in ``resize_scale``) or ``none``. ``image_size``
     resizes inputs (32 = native). ``width_mult`` scales the spec's widths before building.
+
+    Image-file data (ImageNet folders) is decoded and cropped to ``image_size`` per image where it is
+    loaded: ``resize`` is torchvision's ``RandomResizedCrop(image_size, scale=resize_scale)``, ``pad`` and
+    ``none`` (and evaluation) take ``Resize(image_size / crop_pct)`` + ``CenterCrop(image_size)`` (``pad``
+    then pads and crops that). ``decode``: ``worker`` (CPU, in the DataLoader workers), ``device`` (on the
+    training device; nvJPEG batches on CUDA) or ``auto`` (``device`` on CUDA, else ``worker``).
+    ``data_defaults`` gives the per-dataset recipe defaults (ImageNet: 224 px, ``resize``, scale 0.08-1).
     """
 
     epochs: int = 30
@@ -68,6 +84,7 @@ class PretrainConfig:
     crop: str = "pad"
     padding: int = 4
     resize_scale: tuple[float, float] = (0.35, 1.0)
+    crop_pct: float = 0.875
     hflip: bool = True
     image_size: int = 32
     norm: str = "bn"
@@ -77,6 +94,7 @@ class PretrainConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     num_workers: int = 0
+    decode: str = "auto"
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
@@ -97,6 +115,10 @@ class PretrainConfig:
             raise UsageError(f"pretrain schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.crop not in CROPS:
             raise UsageError(f"pretrain crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        if self.decode not in DECODES:
+            raise UsageError(f"pretrain decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise UsageError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.width_mult <= 0:
@@ -198,6 +220,63 @@ class _ItemBatches(torch.utils.data.Dataset):
         return self.dataset[self.indices[index] if self.indices is not None else index]
 
 
+@dataclass
+class EncodedBatch:
+    """A batch of still-encoded image files, decoded and cropped on the training device (``decode="device"``)."""
+
+    data: list[torch.Tensor]
+    sources: list[str]
+    seed: int
+    train: bool
+
+
+class _FileBatches(torch.utils.data.Dataset):
+    """Image files (``read(i)`` + ``samples``, e.g. ImageNet folders), loaded a batch at a time.
+
+    ``__getitems__`` reads the batch's files and either decodes and crops them to uint8 ``(B, S, S, 3)``
+    right there (a DataLoader worker, or the main process) or, with ``on_device``, returns them as an
+    ``EncodedBatch``. The crops' random numbers are seeded by ``(seed, the batch's indices)``, so they do
+    not depend on the worker count, the decode place or a resume.
+    """
+
+    def __init__(self, dataset, indices: list[int] | None, config: PretrainConfig, train: bool, on_device: bool):
+        self.dataset, self.indices, self.config = dataset, indices, config
+        self.train, self.on_device = train, on_device
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]):
+        real = [self.indices[i] for i in indices] if self.indices is not None else list(indices)
+        labels = torch.as_tensor([int(self.dataset.targets[i]) for i in real], dtype=torch.int64)
+        batch = EncodedBatch(
+            [self.dataset.read(i) for i in real],
+            [str(self.dataset.samples[i][0]) for i in real],
+            loop.derive_seed(self.config.seed, "crop", tuple(indices)),
+            self.train,
+        )
+        return (batch if self.on_device else decode_crop(batch, self.config, "cpu")), labels
+
+
+def decode_crop(batch: EncodedBatch, config: PretrainConfig, device: Any) -> torch.Tensor:
+    """Decode ``batch`` on ``device`` and crop every image to ``image_size``: uint8 ``(B, S, S, 3)``."""
+    from bhsearch.data.imagenet import center_crops, decode_batch, random_resized_crops
+
+    images = decode_batch(batch.data, batch.sources, device)
+    if batch.train and config.crop == "resize":
+        out = random_resized_crops(images, config.image_size, config.resize_scale, batch.seed)
+    else:
+        out = center_crops(images, config.image_size, config.crop_pct)
+    return out.permute(0, 2, 3, 1)  # a view: augment_batch / eval_batch permute back to contiguous NCHW
+
+
+def _decoded(images: Any, config: PretrainConfig, device: torch.device) -> torch.Tensor:
+    return decode_crop(images, config, device) if isinstance(images, EncodedBatch) else images
+
+
 def _collate_items(items):
     import numpy as np
 
@@ -215,17 +294,28 @@ def _subset_indices(n: int, limit: int | None, seed: int, split: str) -> list[in
     return sorted(torch.randperm(n, generator=loop.generator(seed, "subset", split))[:limit].tolist())
 
 
-def _as_batches(dataset, limit: int | None, seed: int, split: str):
-    """Wrap a classification dataset for batched loading (fast path for array-backed readers)."""
+def _as_batches(dataset, limit: int | None, seed: int, split: str, config: PretrainConfig | None = None, device=None):
+    """Wrap a classification dataset for batched loading (fast path for array-backed readers; image files
+    are decoded and cropped a batch at a time, see ``_FileBatches``)."""
     if len(dataset) == 0:
         raise DataError(f"the {split} split is empty")
     keep = _subset_indices(len(dataset), limit, seed, split)
+    if config is not None and hasattr(dataset, "read") and hasattr(dataset, "samples"):
+        on_device = config.decode == "device" or (config.decode == "auto" and getattr(device, "type", "") == "cuda")
+        return _FileBatches(dataset, keep, config, split == "train", on_device), _identity
     data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
     if data is not None and targets is not None and getattr(dataset, "transform", None) is None:
         if keep is not None:
             data, targets = data[keep], targets[keep]
         return _ArrayBatches(data, targets), _identity
     return _ItemBatches(dataset, keep), _collate_items
+
+
+def data_defaults(data: Any) -> dict[str, Any]:
+    """The recipe defaults (``DATA_DEFAULTS``) for a ``KIND:PATH`` reference; explicit settings go on top."""
+    if not isinstance(data, (str, Path)):
+        return {}
+    return dict(DATA_DEFAULTS.get(str(data).partition(":")[0].removeprefix("synthetic-"), {}))
 
 
 def open_classification_data(data: Any, split: str):
@@ -320,7 +410,7 @@ def evaluate_classifier(
     correct1 = correct5 = total = 0
     loss_sum = 0.0
     for images, labels in loader:
-        images = loop.to_device(images, device)
+        images = _decoded(loop.to_device(images, device), config, device)
         labels = loop.to_device(labels, device)
         x = eval_batch(images, config)
         if channels_last:
@@ -363,7 +453,7 @@ def run_pretrain(
     """
     from bhsearch.models import build_backbone
 
-    config = config or PretrainConfig()
+    config = config or PretrainConfig(**data_defaults(data))
     spec = get_spec(spec)
     if config.width_mult != 1.0:
         spec = spec.scaled(config.width_mult)
@@ -378,8 +468,14 @@ def run_pretrain(
     train_raw = open_classification_data(data, "train")
     test_raw = open_classification_data(data, "test")
     num_classes = _num_classes(train_raw, test_raw)
-    train_ds, train_collate = _as_batches(train_raw, config.max_train_samples, config.seed, "train")
-    test_ds, test_collate = _as_batches(test_raw, config.max_eval_samples, config.seed, "test")
+    train_ds, train_collate = _as_batches(train_raw, config.max_train_samples, config.seed, "train", config, device)
+    test_ds, test_collate = _as_batches(test_raw, config.max_eval_samples, config.seed, "test", config, device)
+    # image files: the crops happen when decoding (``_FileBatches``), augment_batch only flips (or pads)
+    augment = (
+        dataclasses.replace(config, crop="none")
+        if isinstance(train_ds, _FileBatches) and config.crop == "resize"
+        else config
+    )
 
     torch.manual_seed(loop.derive_seed(config.seed, "init"))
     model = Classifier(build_backbone(spec, norm=config.norm), num_classes).to(device)
@@ -430,12 +526,16 @@ def run_pretrain(
         train_ds, sampler, collate_fn=train_collate, num_workers=config.num_workers, device=device
     )
     test_sampler = loop.EpochBatchSampler(len(test_ds), config.eval_batch_size, seed=config.seed, shuffle=False)
-    test_loader = loop.make_loader(test_ds, test_sampler, collate_fn=test_collate, num_workers=0, device=device)
+    test_workers = config.num_workers if isinstance(test_ds, _FileBatches) else 0  # decoding is the work
+    test_loader = loop.make_loader(
+        test_ds, test_sampler, collate_fn=test_collate, num_workers=test_workers, device=device
+    )
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     def loss_fn(batch, b: int):
         images, labels = loop.to_device(batch, device)
-        x = augment_batch(images, config, loop.generator(config.seed, "augment", state.epoch, b))
+        images = _decoded(images, config, device)
+        x = augment_batch(images, augment, loop.generator(config.seed, "augment", state.epoch, b))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)

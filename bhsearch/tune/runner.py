@@ -608,6 +608,13 @@ def check_data(study: Study) -> None:
 
                 batch_files(path, "train")
                 batch_files(path, "val")
+            elif kind == "imagenet":
+                from bhsearch.data.imagenet import find_root, train_classes
+
+                root = find_root(path)
+                train_classes(root)
+                if not (root / "val").is_dir():
+                    raise DataError(f"{root}: no val/ folder")
             elif kind == "tinyperson":
                 from bhsearch.tasks.tinyperson.reader import resolve_tinyperson
 

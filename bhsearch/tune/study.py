@@ -36,11 +36,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DATA_KINDS = (
     "cifar100",
     "imagenet32",
+    "imagenet",
     "tinyperson",
     "widerface",
     "aitod",
     "synthetic-cifar100",
     "synthetic-imagenet32",
+    "synthetic-imagenet",
     "synthetic-tinyperson",
     "synthetic-widerface",
     "synthetic-aitod",
@@ -49,6 +51,7 @@ _DATA_KINDS = (
 DATA_FAMILIES = {
     "cifar100": "classification",
     "imagenet32": "classification",
+    "imagenet": "classification",
     "tinyperson": "tinyperson",
     "widerface": "widerface",
     "aitod": "aitod",
@@ -576,10 +579,15 @@ def stage_config(
     """The config dataclass of ``stage`` (``STAGE_TRAINERS``) built from the study's settings plus ``extra``,
     type-checked by pydantic against the dataclass's annotations (``batch_size: abc`` is an error, ``"64"`` is
     64) and by the dataclass's own checks. Errors are one ``UsageError`` line naming the setting."""
+    import importlib
+
     from pydantic import ValidationError
 
     module, cls, _ = study.stage_trainer(stage)
-    options = {**getattr(study.stages, stage).options, **(extra or {})}
+    stage_obj = getattr(study.stages, stage)
+    # the trainer's recipe defaults for this data (e.g. ImageNet: 224 px), under the study's settings
+    defaults = getattr(importlib.import_module(module), "data_defaults", lambda _data: {})(stage_obj.data)
+    options = {**defaults, **stage_obj.options, **(extra or {})}
     lines = lines or {}
     where = where or source
     try:
