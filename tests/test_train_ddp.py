@@ -2,15 +2,18 @@
 
 Pre-training a ResNet-50 at 1/16 width on 384 synthetic CIFAR-100 images for 2 epochs: one process with
 batch 64 against 2 processes with batch 32 each. With GroupNorm (no batch statistics) the two compute the
-same function up to the order of floating-point sums, so the metrics agree to ~1e-6 relative; with
-BatchNorm each process normalises its 32 images with their own statistics, a different (noisier) model
-than BN over 64, so only a loose agreement is expected (slow test).
+same function up to the order of floating-point sums: measured 6e-8 relative in the training loss,
+identical evaluation metrics, weights within 6e-5 of each tensor's largest value (asserted: 1e-5 and 5e-4).
+With BatchNorm each process normalises its 32 images with their own statistics, a different (noisier)
+model than BN over 64, so only a loose agreement is expected (slow test). Each fast test here takes
+35-50 s (two torchrun starts plus training on 2 cores).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -39,8 +42,9 @@ SETTINGS = dict(
     max_train_samples=384,
     max_eval_samples=128,
 )
-FINETUNE_LOSS_TOL = 0.25  # relative, per epoch (test_finetune_on_two_processes_runs_with_the_global_batch_lr)
-BN_LOSS_TOL = 0.05  # relative, per epoch (see test_batchnorm_two_processes_close_to_one_process)
+# relative, per epoch: measured 1.5 % (fine-tuning, per-process RPN/ROI sampling) and 0.45 % (BatchNorm)
+FINETUNE_LOSS_TOL = 0.1
+BN_LOSS_TOL = 0.02
 TORCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 
 
@@ -193,14 +197,17 @@ def _wait_dead(pid: int, timeout: float = 30) -> None:
 
 @pytest.mark.slow
 def test_batchnorm_two_processes_close_to_one_process(synthetic_data, tmp_path):
-    """BN over 32 images per process is not BN over 64: expect agreement within a few percent, not 1e-5."""
+    """BN over 32 images per process is not BN over 64: the training losses agree within 2 % (measured
+    0.39 % and 0.45 %), not 1e-5. Evaluation uses BN running statistics (rank 0's, from 32-image batches),
+    which after 12 steps of a 1/16-width net are far from settled in either run (eval_loss 10 to 330), so
+    only the training loss is compared."""
     bn = {**SETTINGS, "norm": "bn"}
     one = run_pretrain("resnet50", synthetic_data.cifar100_ref, PretrainConfig(**bn, batch_size=64), tmp_path / "one")
     cli_pretrain(tmp_path / "two", synthetic_data.cifar100_ref, {**bn, "batch_size": 32})
     two = loop.read_metrics(tmp_path / "two" / "metrics.jsonl")
     for a, b in zip(one["history"], two, strict=True):
         assert max_rel(a["loss"], b["loss"]) < BN_LOSS_TOL, (a["loss"], b["loss"])
-        assert max_rel(a["eval_loss"], b["eval_loss"]) < BN_LOSS_TOL, (a["eval_loss"], b["eval_loss"])
+        assert math.isfinite(b["eval_loss"]) and 0 <= b["top1"] <= b["top5"] <= 100
 
 
 # --------------------------------------------------------------------------- in-process pieces

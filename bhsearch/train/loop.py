@@ -559,8 +559,9 @@ class InterruptGuard:
     """First Ctrl-C asks the loop to stop after the current step and checkpoint; the second aborts.
 
     Only installs a handler in the main thread (Ray Tune trials run elsewhere and are untouched).
-    In a data-parallel run SIGTERM is handled the same way: torchrun passes a Ctrl-C on to its
-    workers as SIGTERM (and kills them 30 s later), and every process must stop at the same step.
+    In a data-parallel run SIGTERM is handled the same way: torchrun passes the signal it gets (SIGINT
+    on Ctrl-C, SIGTERM from a scheduler) on to its workers and kills them 30 s later; the request is
+    all-reduced, so every process stops and checkpoints at the same step.
     """
 
     def __init__(self, reporter: Reporter | None = None):
