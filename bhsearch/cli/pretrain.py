@@ -20,10 +20,16 @@ OUT/metrics.jsonl (top-1/top-5 per epoch, percent) and OUT/checkpoint.pt.
 
 Ctrl-C saves a checkpoint after the current step; --resume continues to the same result.
 
+Data-parallel on N processes (one per GPU, or N CPU processes): start the same command with
+`torchrun --nproc_per_node N -m bhsearch pretrain ...`; --batch-size is then per process
+(global batch = N x batch size), and rank 0 writes the run folder.
+
 examples:
   bhsearch pretrain --spec bh-resnet50 --data cifar100:~/data --epochs 30 --out runs/pre
   bhsearch pretrain --spec resnet18 --width-mult 0.25 --data synthetic-cifar100:/tmp/c100 --epochs 2
   bhsearch pretrain --spec bh-resnet50 --data imagenet:~/data/ILSVRC2012 --num-workers 8 --epochs 90
+  torchrun --standalone --nproc_per_node 2 -m bhsearch pretrain --spec bh-resnet50 \
+      --data cifar100:~/data --batch-size 64 --out runs/pre
 """
 
 
@@ -33,12 +39,18 @@ def add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--out", default=default_out, help=f"run folder (default {default_out})")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON mapping of settings; command-line options win")
     p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--batch-size", type=int, help="images (or tiles) per step")
+    p.add_argument("--batch-size", type=int, help="images (or tiles) per step and process (torchrun: x processes)")
     p.add_argument("--accumulation", type=int, help="micro-batches per optimizer step (gradient accumulation)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--weight-decay", type=float, help="SGD weight decay")
     p.add_argument("--width-mult", type=float, help="scale every width of the spec (e.g. 0.25 for quick CPU runs)")
     p.add_argument("--norm", help="normalisation: bn, gn or frozen_bn")
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        default=None,
+        help="torchrun on GPUs: BatchNorm statistics over all processes (SyncBatchNorm)",
+    )
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="mixed precision (auto: bf16/fp16 on CUDA)")
     p.add_argument("--threads", type=int, dest="num_threads", help="CPU threads for torch")
@@ -76,7 +88,11 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def finish(result: dict[str, Any], keys: tuple[str, ...], title: str, as_json: bool) -> None:
-    """Print the per-epoch summary table (or the result as JSON)."""
+    """Print the per-epoch summary table (or the result as JSON); in a data-parallel run rank 0 only."""
+    from bhsearch.train import distributed
+
+    if not distributed.is_main():
+        return
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -90,7 +106,9 @@ def finish(result: dict[str, Any], keys: tuple[str, ...], title: str, as_json: b
 
 
 def interrupted(out: Path) -> None:
-    if (out / "checkpoint.pt").is_file():
+    from bhsearch.train import distributed
+
+    if distributed.is_main() and (out / "checkpoint.pt").is_file():
         print(f"checkpoint saved in {out}; continue with --resume", file=sys.stderr)
 
 
@@ -102,6 +120,7 @@ COMMON_FIELDS = {
     "weight_decay": "weight_decay",
     "width_mult": "width_mult",
     "norm": "norm",
+    "sync_bn": "sync_bn",
     "device": "device",
     "amp": "amp",
     "num_threads": "num_threads",

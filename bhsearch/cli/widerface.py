@@ -74,7 +74,7 @@ def register(subparsers) -> None:
     t.add_argument("--init", default=None, help="backbone weights (backbone.safetensors or a torchvision .pth)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--epochs", type=int, default=12)
-    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--batch-size", type=int, default=4, help="crops per step and process (torchrun: x processes)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.01 x batch / 4)")
     t.add_argument("--image-size", type=int, default=640, help="training crop size (default 640)")
     t.add_argument("--width-mult", type=float, default=1.0, help="scale the backbone widths (CPU runs)")
@@ -83,6 +83,7 @@ def register(subparsers) -> None:
     t.add_argument("--box-loss", choices=("diou", "giou", "ciou", "smooth_l1", "l1"), default="diou")
     t.add_argument("--anchor-base", type=float, default=1.0, help="anchor = stride x base x 2^(k/3) (1: 4 px on P2)")
     t.add_argument("--norm", choices=("auto", "bn", "gn", "frozen_bn"), default="auto")
+    t.add_argument("--sync-bn", action="store_true", help="torchrun on GPUs: SyncBatchNorm over all processes")
     t.add_argument("--max-train-images", type=int, default=None)
     t.add_argument("--max-eval-images", type=int, default=None)
     t.add_argument("--eval-max-size", type=int, default=None, help="shrink val images to this long side")
@@ -186,6 +187,7 @@ def _train(args) -> int:
         width_mult=args.width_mult,
         fpn_channels=args.fpn_channels,
         norm=args.norm,
+        sync_bn=args.sync_bn,
         max_train_images=args.max_train_images,
         max_eval_images=args.max_eval_images,
         eval_max_size=args.eval_max_size,
@@ -198,6 +200,10 @@ def _train(args) -> int:
         detector_kwargs={"head_norm": args.head_norm, "box_loss": args.box_loss, "anchor_base": args.anchor_base},
     )
     result = run_finetune_widerface(args.spec, args.data, config, args.out, init=args.init, resume=args.resume)
+    from bhsearch.train import distributed
+
+    if not distributed.is_main():  # torchrun: rank 0 prints
+        return 0
     summary = {k: v for k, v in result.items() if k != "history"}
     if args.json:
         print(json.dumps(summary, indent=2))

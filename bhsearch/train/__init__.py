@@ -4,6 +4,7 @@
 * :mod:`bhsearch.train.finetune` — ``FinetuneConfig``, ``run_finetune(spec, data, config, out_dir, ...)``
 * :mod:`bhsearch.train.inference` — tiled whole-image inference and ``evaluate_model``
 * :mod:`bhsearch.train.loop` — devices, seeding, checkpoints, schedules, progress (shared helpers)
+* :mod:`bhsearch.train.distributed` — data-parallel runs under ``torchrun`` (DDP process group, sharding)
 
 Submodules import torch; this package file does not, so importing it stays cheap.
 """

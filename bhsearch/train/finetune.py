@@ -31,7 +31,7 @@ import torch
 
 from bhsearch.errors import DataError, UsageError
 from bhsearch.spec import Spec, get_spec, save_spec
-from bhsearch.train import loop
+from bhsearch.train import distributed, loop
 from bhsearch.train.inference import evaluate_model, scalar_metrics
 from bhsearch.train.pretrain import _from_dict, _plain, _positive
 
@@ -55,7 +55,9 @@ class FinetuneConfig:
     """Settings of a detector fine-tuning run (defaults: the paper's TinyPerson schedule).
 
     ``milestones`` are epochs of a 12-epoch schedule, scaled to ``epochs``. ``lr=None`` scales
-    ``base_lr`` linearly with ``batch_size × accumulation / base_batch``. ``freeze_stages``:
+    ``base_lr`` linearly with the global batch ``batch_size × processes × accumulation / base_batch``
+    (``batch_size`` is per process; ``torchrun --nproc_per_node N`` runs N). ``sync_bn``: SyncBatchNorm
+    across processes (CUDA only). ``freeze_stages``:
     -1 none, 0 the stem, k the stem and stages 1..k (None: 1 with torchvision weights, else -1).
     ``max_train_tiles`` / ``max_eval_images`` cut the data for quick runs (seeded subsets).
     ``detector_kwargs`` go to ``bhsearch.detectors.build_detector`` (e.g. ``anchor_sizes``).
@@ -82,6 +84,7 @@ class FinetuneConfig:
     hflip: bool = True
     keep_empty: bool = False
     norm: str = "auto"
+    sync_bn: bool = False
     freeze_stages: int | None = None
     width_mult: float = 1.0
     accumulation: int = 1
@@ -136,9 +139,10 @@ class FinetuneConfig:
 
     @property
     def effective_lr(self) -> float:
+        """``lr``, else ``base_lr`` scaled to the global batch (all processes of a data-parallel run)."""
         if self.lr is not None:
             return self.lr
-        return self.base_lr * self.batch_size * self.accumulation / self.base_batch
+        return self.base_lr * self.batch_size * distributed.world_size() * self.accumulation / self.base_batch
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -317,9 +321,16 @@ def _gt_subset(test) -> Any:
     }
 
 
-def hflip_batch(images: list[torch.Tensor], targets: list[dict], gen: torch.Generator):
-    """Flip each tile (and its boxes) horizontally with probability 0.5."""
-    flips = (torch.rand(len(images), generator=gen) < 0.5).tolist()
+def hflip_batch(
+    images: list[torch.Tensor], targets: list[dict], gen: torch.Generator, part: tuple[int, int] | None = None
+):
+    """Flip each tile (and its boxes) horizontally with probability 0.5.
+
+    ``part`` ``(start, total)``: the tiles are a data-parallel slice of a batch of ``total``; the draws are
+    made for the whole batch and sliced, so each tile is flipped as it would be in one process.
+    """
+    lo, total = part if part is not None else (0, len(images))
+    flips = (torch.rand(total, generator=gen)[lo : lo + len(images)] < 0.5).tolist()
     out_i, out_t = [], []
     for img, tgt, flip in zip(images, targets, flips, strict=True):
         if flip:
@@ -377,7 +388,7 @@ def run_finetune(
     if frozen_stages is None:
         frozen_stages = 1 if init_kind == "torchvision" else -1
 
-    device = loop.select_device(config.device)
+    device = distributed.setup(config.device, sync_bn=config.sync_bn)  # joins the process group under torchrun
     loop.configure_runtime(device, seed=config.seed, deterministic=config.deterministic, num_threads=config.num_threads)
     amp_dtype = loop.resolve_amp(device, config.amp)
     channels_last = loop.resolve_channels_last(device, config.channels_last)
@@ -412,7 +423,13 @@ def run_finetune(
     )
 
     sampler = loop.EpochBatchSampler(
-        len(train_ds), config.batch_size, seed=config.seed, shuffle=True, groups=_groups(train_ds, train_keep)
+        len(train_ds),
+        config.batch_size,
+        seed=config.seed,
+        shuffle=True,
+        groups=_groups(train_ds, train_keep),
+        rank=distributed.rank(),
+        world=distributed.world_size(),
     )
     schedule = loop.step_schedule(
         config.effective_lr,
@@ -462,14 +479,17 @@ def run_finetune(
         train_ds, sampler, collate_fn=collate_tiles, num_workers=config.num_workers, device=device
     )
 
+    net = trainer.net  # the model, or its DistributedDataParallel wrapper
+
     def loss_fn(batch, b: int):
         images, targets = batch
         targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
         if config.hflip:
-            images, targets = hflip_batch(images, targets, loop.generator(config.seed, "flip", state.epoch, b))
+            gen = loop.generator(config.seed, "flip", state.epoch, b)
+            images, targets = hflip_batch(images, targets, gen, part=sampler.batch_span(b))
         images = loop.to_device(images, device)
         targets = loop.to_device(targets, device)
-        losses = model(images, targets)
+        losses = net(images, targets)
         return sum(losses.values()), losses, len(images)
 
     def evaluate(epoch: int) -> dict[str, Any]:

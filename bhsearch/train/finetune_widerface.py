@@ -30,7 +30,7 @@ import torch
 
 from bhsearch.errors import DataError, UsageError
 from bhsearch.spec import Spec, get_spec, save_spec
-from bhsearch.train import loop
+from bhsearch.train import distributed, loop
 from bhsearch.train.finetune import freeze_stages, load_backbone_state, read_init_weights
 from bhsearch.train.pretrain import _from_dict, _plain, _positive
 
@@ -46,7 +46,8 @@ Callback = Callable[[str, int, dict, Path], None]
 class WiderFaceConfig:
     """Settings of a WiderFace fine-tuning run (defaults: a TinaFace-like recipe scaled for short runs).
 
-    ``lr=None`` scales ``base_lr`` linearly with ``batch_size × accumulation / base_batch``. ``milestones``
+    ``lr=None`` scales ``base_lr`` linearly with the global batch ``batch_size × processes × accumulation /
+    base_batch`` (``batch_size`` is per process under torchrun; ``sync_bn``: SyncBatchNorm, CUDA only). ``milestones``
     are fractions of the run where the LR drops by ``gamma``. ``detector_kwargs`` go to
     ``build_face_detector`` (e.g. ``anchor_base``, ``head_norm``, ``box_loss``).
     """
@@ -67,6 +68,7 @@ class WiderFaceConfig:
     min_face: float = 2.0
     hflip: bool = True
     norm: str = "auto"
+    sync_bn: bool = False
     freeze_stages: int | None = None
     width_mult: float = 1.0
     accumulation: int = 1
@@ -108,7 +110,9 @@ class WiderFaceConfig:
 
     @property
     def effective_lr(self) -> float:
-        return self.lr if self.lr is not None else self.base_lr * self.batch_size * self.accumulation / self.base_batch
+        if self.lr is not None:
+            return self.lr
+        return self.base_lr * self.batch_size * distributed.world_size() * self.accumulation / self.base_batch
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -304,7 +308,7 @@ def run_finetune_widerface(
     if frozen_stages is None:
         frozen_stages = 1 if init_kind == "torchvision" else -1
 
-    device = loop.select_device(config.device)
+    device = distributed.setup(config.device, sync_bn=config.sync_bn)  # joins the process group under torchrun
     loop.configure_runtime(device, seed=config.seed, deterministic=config.deterministic, num_threads=config.num_threads)
     amp_dtype = loop.resolve_amp(device, config.amp)
 
@@ -331,7 +335,14 @@ def run_finetune_widerface(
         params, lr=config.effective_lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
 
-    sampler = loop.EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, shuffle=True)
+    sampler = loop.EpochBatchSampler(
+        len(train_ds),
+        config.batch_size,
+        seed=config.seed,
+        shuffle=True,
+        rank=distributed.rank(),
+        world=distributed.world_size(),
+    )
     schedule = loop.step_schedule(
         config.effective_lr,
         sampler,
@@ -373,9 +384,11 @@ def run_finetune_widerface(
         train_ds, _EpochTagged(sampler), collate_fn=collate_images, num_workers=config.num_workers, device=device
     )
 
+    net = trainer.net  # the model, or its DistributedDataParallel wrapper
+
     def loss_fn(batch, b: int):
         images, targets = batch
-        losses = model(loop.to_device(images, device), loop.to_device(targets, device))
+        losses = net(loop.to_device(images, device), loop.to_device(targets, device))
         return sum(losses.values()), losses, len(images)
 
     def evaluate(epoch: int) -> dict[str, Any]:

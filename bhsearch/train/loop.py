@@ -32,11 +32,14 @@ import torch
 
 from bhsearch.errors import DataError, TrainingError, UsageError
 from bhsearch.fileio import atomic_write, atomic_write_text, require_file  # noqa: F401  (re-exported)
+from bhsearch.train import distributed
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 PROGRESS_CHOICES = ("auto", "on", "off")
 CHECKPOINT_FORMAT = 1
+# settings added after checkpoints already existed: a checkpoint without one ran with this value
+LATER_SETTINGS = {"sync_bn": False}
 
 # --------------------------------------------------------------------------- devices and runtime
 
@@ -149,6 +152,13 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     With ``groups`` (a group id per index, e.g. the source image of each tile) the groups are
     shuffled and then the members inside each group, so members of one group come together.
+
+    Data-parallel (``world`` > 1 processes, this one ``rank``): ``batch_size`` is per process; the
+    sampler forms the global batches of ``batch_size × world`` indices exactly as one process would
+    with that batch size and yields this process's contiguous slice of each (``distributed.shard``;
+    the slices of one batch are disjoint and together the whole batch). A last global batch with
+    fewer indices than processes is skipped (at most ``world - 1`` items an epoch), so every process
+    has data in every step. ``batch_span(b)`` gives the slice's start and the global batch's size.
     """
 
     def __init__(
@@ -160,6 +170,8 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         shuffle: bool = True,
         drop_last: bool = False,
         groups: list[int] | None = None,
+        rank: int = 0,
+        world: int = 1,
     ):
         if size <= 0:
             raise DataError("the dataset is empty")
@@ -167,15 +179,34 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             raise UsageError(f"batch size must be positive, got {batch_size}")
         if groups is not None and len(groups) != size:
             raise UsageError(f"groups has {len(groups)} entries for {size} items")
+        if world < 1 or not 0 <= rank < world:
+            raise UsageError(f"rank {rank} of {world} processes is not a valid data-parallel position")
+        if size < world:
+            raise DataError(f"the dataset has {size} item(s), fewer than the {world} training processes")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.shuffle, self.drop_last, self.groups = shuffle, drop_last, groups
+        self.rank, self.world = rank, world
         self.epoch, self.start = 0, 0
 
     @property
+    def global_batch(self) -> int:
+        """Indices per step over all processes (``batch_size × world``)."""
+        return self.batch_size * self.world
+
+    @property
     def num_batches(self) -> int:
-        if self.drop_last and self.size >= self.batch_size:
-            return self.size // self.batch_size
-        return math.ceil(self.size / self.batch_size)
+        g = self.global_batch
+        if self.drop_last and self.size >= g:
+            return self.size // g
+        n = math.ceil(self.size / g)
+        if 0 < self.size % g < self.world:  # a tail too small to give every process an item
+            n -= 1
+        return n
+
+    def batch_span(self, b: int) -> tuple[int, int]:
+        """``(start, total)``: where this process's slice of global batch ``b`` starts, and that batch's size."""
+        total = min(self.global_batch, self.size - b * self.global_batch)
+        return distributed.shard(total, self.rank, self.world)[0], total
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -198,8 +229,14 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
+        g = self.global_batch
         for b in range(self.start, self.num_batches):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            batch = order[b * g : (b + 1) * g]
+            if self.world == 1:
+                yield batch
+            else:
+                start, count = distributed.shard(len(batch), self.rank, self.world)
+                yield batch[start : start + count]
 
     def __len__(self) -> int:
         return self.num_batches - self.start
@@ -337,6 +374,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any], path: Path, ignore: Iterable[str]) -> None:
     """A resumed run must use the settings it started with (except the ``ignore`` ones)."""
     skip = set(ignore)
+    saved = {**{k: v for k, v in LATER_SETTINGS.items() if k in current}, **saved}
     diff = [k for k in sorted(set(saved) | set(current)) if k not in skip and saved.get(k) != current.get(k)]
     if diff:
         parts = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:4])
@@ -391,12 +429,20 @@ def resume_or_start(
         from bhsearch.spec import get_spec
 
         raise UsageError(f"{ckpt_path}: was trained with spec {get_spec(saved['spec']).id}, not {spec.id}")
+    world, saved_world = distributed.world_size(), int(saved.get("world_size", 1))
+    if saved_world != world:
+        raise UsageError(
+            f"{ckpt_path}: was trained on {saved_world} process(es), not {world}; resume with "
+            + (f"torchrun --nproc_per_node {saved_world}" if saved_world > 1 else "one process (no torchrun)")
+        )
     trainer.model.load_state_dict(saved["model"])
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scaler.load_state_dict(saved["scaler"])
     state = LoopState.from_dict(saved["loop"])
     trainer.reporter.note(f"resuming {out} at epoch {state.epoch + 1}, batch {state.batch}")
-    return state, (saved["rng"] if state.batch else None)
+    if not state.batch:
+        return state, None
+    return state, (saved["rng_ranks"][distributed.rank()] if world > 1 else saved["rng"])
 
 
 def write_metrics(path: str | Path, history: list[dict[str, Any]]) -> Path:
@@ -427,6 +473,8 @@ class Reporter:
         self.mode = mode
         self.bars = mode == "on" or (mode == "auto" and self.console.is_terminal)
         self.lines = mode != "off"
+        if not distributed.is_main():  # data-parallel runs: only rank 0 reports
+            self.bars = self.lines = False
         self._progress = None
         self._task = None
         self._t0 = 0.0
@@ -511,11 +559,14 @@ class InterruptGuard:
     """First Ctrl-C asks the loop to stop after the current step and checkpoint; the second aborts.
 
     Only installs a handler in the main thread (Ray Tune trials run elsewhere and are untouched).
+    In a data-parallel run SIGTERM is handled the same way: torchrun passes the signal it gets (SIGINT
+    on Ctrl-C, SIGTERM from a scheduler) on to its workers and kills them 30 s later; the request is
+    all-reduced, so every process stops and checkpoints at the same step.
     """
 
     def __init__(self, reporter: Reporter | None = None):
         self.requested = False
-        self._old = None
+        self._old: dict[int, Any] = {}
         self._reporter = reporter
 
     def _handle(self, signum, frame):  # pragma: no cover - exercised through signals
@@ -527,13 +578,15 @@ class InterruptGuard:
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            signals = (signal.SIGINT, signal.SIGTERM) if distributed.active() else (signal.SIGINT,)
+            for sig in signals:
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 # --------------------------------------------------------------------------- the step loop
@@ -602,15 +655,29 @@ class Trainer:
         self.checkpoint_interval_s, self.grad_clip = checkpoint_interval_s, grad_clip
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.interrupt: InterruptGuard | None = None
+        # what the loss functions call: ``model`` itself, or its DistributedDataParallel wrapper
+        self.net: torch.nn.Module = model
 
     def train_epoch(
-        self, state: LoopState, epochs: int, num_batches: int, batches: Iterable[Any], loss_fn: LossFn
+        self,
+        state: LoopState,
+        epochs: int,
+        num_batches: int,
+        batches: Iterable[Any],
+        loss_fn: LossFn,
+        span: Callable[[int], tuple[int, int]] | None = None,
     ) -> None:
         """Train from ``state.batch`` to the end of epoch ``state.epoch``; ``state`` is updated in place.
 
-        Checkpoints are only taken at optimizer-step boundaries, where they are exact.
+        Checkpoints are only taken at optimizer-step boundaries, where they are exact. Data-parallel:
+        ``span(b)`` (the sampler's ``batch_span``) gives global batch ``b``'s size; each process's loss
+        is weighted by its share of it, so the averaged gradient is that of the global batch's mean loss.
+        Loss figures, image counts and the checkpoint / stop requests are all-reduced once per step, so
+        every process takes the same decisions at the same step.
         """
         model, opt = self.model, self.optimizer
+        world = distributed.world_size()
+        ddp = self.net is not model
         model.train()
         opt.zero_grad(set_to_none=True)
         self.reporter.epoch_start(state.epoch, epochs, num_batches, state.batch)
@@ -622,21 +689,41 @@ class Trainer:
         for b, batch in enumerate(batches, start=state.batch):
             group_start = b - b % self.accumulation
             group = min(self.accumulation, num_batches - group_start)
+            last_of_group = b + 1 - group_start >= group
             if b == group_start:
                 set_lr(opt, self.schedule(state.step))
-            with autocast(self.device, self.amp_dtype):
-                loss, parts, n_images = loss_fn(batch, b)
-            self.scaler.scale(loss / group).backward()
-            pending.append(loss.detach().float())
+            # DDP: gradients are all-reduced only in the backward pass of a group's last micro-batch
+            sync = self.net.no_sync() if ddp and not last_of_group else contextlib.nullcontext()
+            with sync:
+                with autocast(self.device, self.amp_dtype):
+                    loss, parts, n_images = loss_fn(batch, b)
+                if world == 1:
+                    share = 1.0
+                    self.scaler.scale(loss / group).backward()
+                else:
+                    share = n_images / span(b)[1] if span is not None else 1.0 / world
+                    self.scaler.scale(loss * (share * world / group)).backward()
+            pending.append(loss.detach().float() * share if world > 1 else loss.detach().float())
             for k, v in parts.items():
-                pending_parts.setdefault(k, []).append(v.detach().float())
+                pending_parts.setdefault(k, []).append(v.detach().float() * share if world > 1 else v.detach().float())
             pending_images += n_images
-            if b + 1 - group_start < group:
+            if not last_of_group:
                 continue
             # end of an accumulation group: one host sync, finite check, optimizer step
             keys = list(pending_parts)
             values = torch.stack([torch.stack(pending).sum()] + [torch.stack(pending_parts[k]).sum() for k in keys])
-            values = values.tolist()
+            want_save = want_stop = False
+            if world > 1:
+                want_save = bool(
+                    self.checkpoint_interval_s and time.monotonic() - last_save > self.checkpoint_interval_s
+                )
+                want_stop = self.interrupt is not None and self.interrupt.requested
+                flags = torch.tensor([float(pending_images), float(want_save), float(want_stop)], device=values.device)
+                reduced = distributed.all_reduce_sum(torch.cat([values, flags.to(values.dtype)])).tolist()
+                values, (total_images, n_save, n_stop) = reduced[:-3], reduced[-3:]
+                pending_images, want_save, want_stop = round(total_images), n_save > 0, n_stop > 0
+            else:
+                values = values.tolist()
             if not all(math.isfinite(v) for v in values):
                 raise TrainingError(
                     f"{self.stage}: loss became {values[0]} at epoch {state.epoch + 1}, batch {b + 1} "
@@ -661,10 +748,15 @@ class Trainer:
             self.reporter.advance(len(pending), values[0] / len(pending))
             pending, pending_parts, pending_images = [], {}, 0
             if state.batch < num_batches:
-                if self.interrupt is not None and self.interrupt.requested:
+                if world > 1:  # the all-reduced requests: every process saves / stops here or none does
+                    stop, save = want_stop, want_save
+                else:
+                    stop = self.interrupt is not None and self.interrupt.requested
+                    save = self.checkpoint_interval_s and time.monotonic() - last_save > self.checkpoint_interval_s
+                if stop:
                     self.save(state, capture_rng())
                     raise KeyboardInterrupt
-                if self.checkpoint_interval_s and time.monotonic() - last_save > self.checkpoint_interval_s:
+                if save:
                     self.save(state, capture_rng())
                     last_save = time.monotonic()
 
@@ -720,9 +812,14 @@ def run_epochs(run: EpochLoop) -> list[dict[str, Any]]:
 
     The global torch RNG is reseeded at each epoch start (or restored from a mid-epoch checkpoint),
     so a resumed run ends where an uninterrupted one would. Returns the metrics history.
+
+    Data-parallel: every process trains; rank 0 evaluates and its epoch record goes to all processes;
+    rank 0 writes the checkpoint, metrics and weights while the others wait; ``callback`` then runs on
+    every process (``distributed.is_main()`` tells rank 0).
     """
     state, optimizer = run.state, run.trainer.optimizer
     resumed_rng = run.resumed_rng
+    world, main = distributed.world_size(), distributed.is_main()
     run.reporter.start()
     try:
         with InterruptGuard(run.reporter) as guard:
@@ -733,30 +830,41 @@ def run_epochs(run: EpochLoop) -> list[dict[str, Any]]:
                     restore_rng(resumed_rng)
                     resumed_rng = None
                 elif state.batch == 0:
-                    torch.manual_seed(derive_seed(run.seed, "torch", state.epoch))
+                    if world == 1:
+                        torch.manual_seed(derive_seed(run.seed, "torch", state.epoch))
+                    else:
+                        torch.manual_seed(derive_seed(run.seed, "torch", state.epoch, "rank", distributed.rank()))
                 run.sampler.set_epoch(state.epoch, state.batch)
-                run.trainer.train_epoch(state, run.epochs, run.sampler.num_batches, run.loader, run.loss_fn)
+                run.trainer.train_epoch(
+                    state, run.epochs, run.sampler.num_batches, run.loader, run.loss_fn, span=run.sampler.batch_span
+                )
                 epoch = state.epoch + 1
                 record: dict[str, Any] = {"stage": run.stage, "epoch": epoch, "epochs": run.epochs}
                 record.update(finish_epoch(state))
                 record["lr"] = optimizer.param_groups[0]["lr"]
-                record.update(run.evaluate(epoch))
-                record["epoch_time_s"] = time.perf_counter() - t0
+                if main:
+                    record.update(run.evaluate(epoch))
+                    record["epoch_time_s"] = time.perf_counter() - t0
+                record = distributed.broadcast_object(record)  # the others wait for rank 0's evaluation
                 state.history.append(record)
                 state.epoch += 1
                 state.reset_epoch()
                 run.checkpoint(state, capture_rng())
-                write_metrics(run.out_dir / "metrics.jsonl", state.history)
-                run.save_weights()
+                if main:
+                    write_metrics(run.out_dir / "metrics.jsonl", state.history)
+                    run.save_weights()
+                distributed.barrier()
                 run.reporter.epoch_end(record, run.keys)
                 if run.callback is not None:
                     run.callback(run.callback_stage or run.stage, epoch, dict(record), run.out_dir)
     finally:
         run.trainer.interrupt = None
         run.reporter.stop()
-    if not (run.out_dir / run.weights_file).is_file():
-        run.save_weights()
-    write_metrics(run.out_dir / "metrics.jsonl", state.history)
+    if main:
+        if not (run.out_dir / run.weights_file).is_file():
+            run.save_weights()
+        write_metrics(run.out_dir / "metrics.jsonl", state.history)
+    distributed.barrier()
     return state.history
 
 
@@ -818,14 +926,25 @@ def start_training(
 ) -> tuple[Trainer, LoopState, dict[str, Any] | None, Callable[[LoopState, dict[str, Any]], None]]:
     """The trainer of a stage, resumed from ``out_dir/checkpoint.pt`` when asked, and its checkpoint writer.
 
-    ``config`` supplies ``accumulation``, ``checkpoint_interval_s`` and ``grad_clip``; ``payload`` goes into
-    every checkpoint (``detector`` settings, ``run`` facts, ``num_classes``). Returns ``(trainer, state,
-    resumed_rng, checkpoint)``.
+    ``config`` supplies ``accumulation``, ``checkpoint_interval_s``, ``grad_clip`` (and ``sync_bn``); ``payload``
+    goes into every checkpoint (``detector`` settings, ``run`` facts, ``num_classes``). Returns ``(trainer,
+    state, resumed_rng, checkpoint)``. In a data-parallel run ``trainer.net`` is the model wrapped in
+    DistributedDataParallel: loss functions must call ``trainer.net``, not the model.
     """
     ckpt_path = out_dir / "checkpoint.pt"
+    world = distributed.world_size()
+    sync_bn = bool(getattr(config, "sync_bn", False))
 
     def checkpoint(st: LoopState, rng: dict[str, Any]) -> None:
-        save_checkpoint(ckpt_path, checkpoint_payload(checkpoint_stage, config, spec, trainer, st, rng, **payload))
+        """Every process calls this at the same step; rank 0 writes (with every process's RNG state)."""
+        if world == 1:
+            save_checkpoint(ckpt_path, checkpoint_payload(checkpoint_stage, config, spec, trainer, st, rng, **payload))
+            return
+        rngs = distributed.gather_objects(rng)
+        if distributed.is_main():
+            state = checkpoint_payload(checkpoint_stage, config, spec, trainer, st, rng, **payload)
+            save_checkpoint(ckpt_path, {**state, "world_size": world, "rng_ranks": rngs})
+        distributed.barrier()
 
     trainer = Trainer(
         stage=stage,
@@ -851,4 +970,6 @@ def start_training(
         resumable=resumable,
         outputs=("checkpoint.pt", "metrics.jsonl", weights_file),
     )
+    # after loading a checkpoint: DDP starts every process from rank 0's parameters and buffers
+    trainer.net = distributed.wrap(model, device, sync_bn=sync_bn)
     return trainer, state, resumed_rng, checkpoint

@@ -27,7 +27,7 @@ from torch import nn
 
 from bhsearch.errors import DataError, UsageError
 from bhsearch.spec import Spec, get_spec, save_spec
-from bhsearch.train import loop
+from bhsearch.train import distributed, loop
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as torchvision detectors use them
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -57,7 +57,9 @@ Callback = Callable[[str, int, dict, Path], None]
 class PretrainConfig:
     """Settings of a proxy pre-training run (defaults: a common CIFAR recipe, 30 epochs).
 
-    ``lr`` is for ``batch_size × accumulation`` images per step. ``milestones`` are fractions
+    ``lr`` is for ``batch_size × accumulation`` images per step; ``batch_size`` is per process, so under
+    ``torchrun --nproc_per_node N`` a step sees ``N × batch_size × accumulation`` images (``lr`` is for
+    those). ``sync_bn`` uses SyncBatchNorm across the processes (CUDA only). ``milestones`` are fractions
     of ``epochs`` (step schedule). ``crop``: ``pad`` (random crop of ``padding``-padded images),
     ``resize`` (random resized crop, area in ``resize_scale``) or ``none``. ``image_size``
     resizes inputs (32 = native). ``width_mult`` scales the spec's widths before building.
@@ -88,6 +90,7 @@ class PretrainConfig:
     hflip: bool = True
     image_size: int = 32
     norm: str = "bn"
+    sync_bn: bool = False
     width_mult: float = 1.0
     accumulation: int = 1
     eval_batch_size: int = 512
@@ -350,19 +353,29 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def augment_batch(images: torch.Tensor, config: PretrainConfig, gen: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, config: PretrainConfig, gen: torch.Generator, part: tuple[int, int] | None = None
+) -> torch.Tensor:
     """uint8 ``(B, H, W, 3)`` → augmented, normalised float ``(B, 3, S, S)`` (S = ``image_size``).
 
-    Random numbers come from ``gen`` (CPU), so results do not depend on the device's RNG.
+    Random numbers come from ``gen`` (CPU), so results do not depend on the device's RNG. ``part``
+    ``(start, total)``: ``images`` are rows ``start…start+B`` of a batch of ``total`` (a data-parallel
+    slice); the draws are made for all ``total`` and sliced, so each image is augmented as in the whole batch.
     """
     x = images.permute(0, 3, 1, 2).float().div_(255)
     b, _, h, w = x.shape
     dev = x.device
+    lo, total = part if part is not None else (0, b)
+
+    def rand(*args, **kwargs) -> torch.Tensor:  # ``torch.rand(total)`` (or randint), rows lo…lo+b
+        draw = torch.randint if args else torch.rand
+        return draw(*args, (total,), generator=gen, **kwargs)[lo : lo + b]
+
     if config.crop == "pad" and config.padding > 0:
         p = config.padding
         padded = F.pad(x, (p, p, p, p))
-        oy = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(dev)
-        ox = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(dev)
+        oy = rand(0, 2 * p + 1).to(dev)
+        ox = rand(0, 2 * p + 1).to(dev)
         rows = oy[:, None] + torch.arange(h, device=dev)
         cols = ox[:, None] + torch.arange(w, device=dev)
         bidx = torch.arange(b, device=dev)[:, None, None]
@@ -372,19 +385,19 @@ def augment_batch(images: torch.Tensor, config: PretrainConfig, gen: torch.Gener
     elif config.crop == "resize":
         from torchvision.ops import roi_align
 
-        lo, hi = config.resize_scale
-        area = (lo + (hi - lo) * torch.rand(b, generator=gen)) * h * w
-        log_ratio = (torch.rand(b, generator=gen) * 2 - 1) * torch.log(torch.tensor(4 / 3))
+        s_lo, s_hi = config.resize_scale
+        area = (s_lo + (s_hi - s_lo) * rand()) * h * w
+        log_ratio = (rand() * 2 - 1) * torch.log(torch.tensor(4 / 3))
         ratio = torch.exp(log_ratio)
         cw = torch.sqrt(area * ratio).clamp(1, w)
         ch = torch.sqrt(area / ratio).clamp(1, h)
-        x0 = torch.rand(b, generator=gen) * (w - cw)
-        y0 = torch.rand(b, generator=gen) * (h - ch)
+        x0 = rand() * (w - cw)
+        y0 = rand() * (h - ch)
         boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1).to(dev)
         size = config.image_size
         x = roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
     if config.hflip:
-        flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
+        flip = (rand() < 0.5).to(dev)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if x.shape[-1] != config.image_size or x.shape[-2] != config.image_size:
         x = F.interpolate(x, size=(config.image_size,) * 2, mode="bilinear", align_corners=False)
@@ -460,7 +473,7 @@ def run_pretrain(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    device = loop.select_device(config.device)
+    device = distributed.setup(config.device, sync_bn=config.sync_bn)  # joins the process group under torchrun
     loop.configure_runtime(device, seed=config.seed, deterministic=config.deterministic, num_threads=config.num_threads)
     amp_dtype = loop.resolve_amp(device, config.amp)
     channels_last = loop.resolve_channels_last(device, config.channels_last)
@@ -489,7 +502,14 @@ def run_pretrain(
         nesterov=config.nesterov and config.momentum > 0,
     )
 
-    sampler = loop.EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, shuffle=True)
+    sampler = loop.EpochBatchSampler(
+        len(train_ds),
+        config.batch_size,
+        seed=config.seed,
+        shuffle=True,
+        rank=distributed.rank(),
+        world=distributed.world_size(),
+    )
     schedule = loop.step_schedule(
         config.lr,
         sampler,
@@ -531,14 +551,16 @@ def run_pretrain(
         test_ds, test_sampler, collate_fn=test_collate, num_workers=test_workers, device=device
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    net = trainer.net  # the model, or its DistributedDataParallel wrapper
 
     def loss_fn(batch, b: int):
         images, labels = loop.to_device(batch, device)
         images = _decoded(images, config, device)
-        x = augment_batch(images, augment, loop.generator(config.seed, "augment", state.epoch, b))
+        gen = loop.generator(config.seed, "augment", state.epoch, b)
+        x = augment_batch(images, augment, gen, part=sampler.batch_span(b))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x)
+        logits = net(x)
         return criterion(logits.float(), labels), {}, labels.shape[0]
 
     history = loop.run_epochs(
