@@ -419,7 +419,7 @@ def print_noise(info: dict[str, Any], console: Any) -> None:
     best = noise.get("best_set") or []
     if best:
         names = ", ".join(short_arch(b) for b in best)
-        console.print(f"best set ({len(best)}: not significantly worse than the top at 95 %): {names}")
+        console.print(f"best: {names}  ({len(best)} not significantly worse than the top at 95 %)")
 
 
 def status_text(status: str | None, epochs: Any, max_epochs: Any, scheduler: str | None = "asha") -> str:
@@ -551,7 +551,7 @@ def print_report(info: dict[str, Any], console: Any = None) -> None:
     )
     if info.get("best"):
         best = info["best"]
-        console.print(f"best: {best['id']}  {metric} = {_fmt(best.get('value'))}  → {info['best_spec_path']}")
+        console.print(f"top: {best['id']}  {metric} = {_fmt(best.get('value'))}  → {info['best_spec_path']}")
     else:
         console.print("best: no trial completed yet")
     print_noise(info, console)

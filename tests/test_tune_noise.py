@@ -166,3 +166,16 @@ def test_plots_are_written_with_every_status(tmp_path):
     paths = make_plots(df, tmp_path, "AP50_tiny", noise={"seed_std": None, "df": 0})
     assert [p.rsplit("/", 1)[-1] for p in paths] == list(PLOTS)
     assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in PLOTS)
+    import io
+
+    from rich.console import Console
+
+    from bhsearch.report import print_report
+
+    out = io.StringIO()
+    print_report(info, Console(file=out, width=400))
+    lines = out.getvalue().splitlines()
+    floor_line = next(ln for ln in lines if ln.startswith("noise floor: "))
+    assert f"seed std of AP50_tiny {noise['seed_std']:.2f} points" in floor_line and "df 2" in floor_line
+    best_line = next(ln for ln in lines if ln.startswith("best: "))
+    assert f"({len(noise['best_set'])} not significantly worse than the top at 95 %)" in best_line
