@@ -123,6 +123,19 @@ def test_repeats_run_to_the_end_with_other_seeds_and_give_the_noise_floor(ray_se
     manual = noise_floor(noise["groups"]).std
     assert noise["seed_std"] == pytest.approx(manual)
     assert noise["best_set"] and noise["best_set"][0] == df.iloc[0]["spec_id"]
+    import io
+
+    from rich.console import Console
+
+    from bhsearch.report import print_report
+
+    out = io.StringIO()
+    print_report(info, Console(file=out, width=400))
+    lines = out.getvalue().splitlines()
+    floor_line = next(ln for ln in lines if ln.startswith("noise floor: "))
+    assert f"seed std of AP50_tiny {noise['seed_std']:.2f} points" in floor_line and "df 2" in floor_line
+    best_line = next(ln for ln in lines if ln.startswith("best: "))
+    assert f"({len(noise['best_set'])} not significantly worse than the top at 95 %)" in best_line
 
 
 def test_plots_draw_one_point_per_completed_spec_and_one_per_stopped_trial():
@@ -166,16 +179,3 @@ def test_plots_are_written_with_every_status(tmp_path):
     paths = make_plots(df, tmp_path, "AP50_tiny", noise={"seed_std": None, "df": 0})
     assert [p.rsplit("/", 1)[-1] for p in paths] == list(PLOTS)
     assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in PLOTS)
-    import io
-
-    from rich.console import Console
-
-    from bhsearch.report import print_report
-
-    out = io.StringIO()
-    print_report(info, Console(file=out, width=400))
-    lines = out.getvalue().splitlines()
-    floor_line = next(ln for ln in lines if ln.startswith("noise floor: "))
-    assert f"seed std of AP50_tiny {noise['seed_std']:.2f} points" in floor_line and "df 2" in floor_line
-    best_line = next(ln for ln in lines if ln.startswith("best: "))
-    assert f"({len(noise['best_set'])} not significantly worse than the top at 95 %)" in best_line
