@@ -519,7 +519,8 @@ def print_report(info: dict[str, Any], console: Any = None) -> None:
         title=f"study {info['study']}: ranked by {metric}; metrics and epochs are each trial's last reported",
         caption="completed trials first, then stopped ones by the epoch they reached and their metric there",
     )
-    cols = [*TABLE_COLUMNS[:7], metric, *NOISE_COLUMNS, *TABLE_COLUMNS[7:]]
+    own = [metric] if metric not in TABLE_COLUMNS else []  # a proxy-only study ranks by top1, already a column
+    cols = [*TABLE_COLUMNS[:7], *own, *NOISE_COLUMNS, *TABLE_COLUMNS[7:]]
     for col in cols:
         table.add_column(col, justify="left" if col in ("arch", "role", "status", "vs base") else "right")
     for row in info["ranking"]:

@@ -179,3 +179,20 @@ def test_plots_are_written_with_every_status(tmp_path):
     paths = make_plots(df, tmp_path, "AP50_tiny", noise={"seed_std": None, "df": 0})
     assert [p.rsplit("/", 1)[-1] for p in paths] == list(PLOTS)
     assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in PLOTS)
+
+
+def test_a_proxy_only_table_shows_top1_once():
+    import io
+
+    from rich.console import Console
+
+    from bhsearch.report import print_report
+
+    rows = [_row("1", "base", "base", None) | {"top1": 12.5, "epochs": 2, "max_epochs": 2}]
+    df = with_noise_floor(pd.DataFrame(rows).assign(rank=1), "top1")
+    info = {"metric": "top1", "study": "p", "ranking": df.to_dict("records"), "counts": {"completed": 1}}
+    info.update(trials=1, epochs_spent=2, epochs_all_to_end=2, best=None, noise={"repeats": 1, "seed_std": None})
+    out = io.StringIO()
+    print_report(info, Console(file=out, width=400))
+    header = next(ln for ln in out.getvalue().splitlines() if "rank" in ln and "arch" in ln)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")].count("top1") == 1
