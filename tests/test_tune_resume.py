@@ -304,6 +304,12 @@ def test_study_where_every_trial_fails_exits_1(ray_session, synthetic_data, tmp_
         run_study(study, verbose=0)
 
 
+def _ctrl_c_reaches_the_child() -> None:
+    """A job a shell started in the background (``cmd &``, ``nohup``) ignores SIGINT, and its children inherit
+    that: Python then never installs its Ctrl-C handler. The test is about what a user's Ctrl-C does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_exits_130_labels_unfinished_and_resume_finishes(synthetic_data, tmp_path):
     path = write_study(
         tmp_path,
@@ -320,7 +326,13 @@ def test_sigint_exits_130_labels_unfinished_and_resume_finishes(synthetic_data, 
     try:
         with open(tmp_path / "first.log", "w") as log:
             proc = subprocess.Popen(
-                cmd, cwd=tmp_path, env=_env(RAY_TMPDIR=ray_tmp), stdout=log, stderr=subprocess.PIPE, text=True
+                cmd,
+                cwd=tmp_path,
+                env=_env(RAY_TMPDIR=ray_tmp),
+                stdout=log,
+                stderr=subprocess.PIPE,
+                text=True,
+                preexec_fn=_ctrl_c_reaches_the_child,
             )
         deadline = time.time() + 300
         running = None
