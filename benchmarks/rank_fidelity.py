@@ -319,6 +319,9 @@ def analyse(rows, signals) -> dict:
 # ---- output ---------------------------------------------------------------------------------------------------
 
 
+COLORS = {"base": "tab:blue", "paper": "tab:red", "control": "tab:gray"}
+
+
 def _f(value, nd: int = 2) -> str:
     return "-" if value is None else f"{value:.{nd}f}"
 
@@ -383,9 +386,17 @@ def _std(values) -> float | None:
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def plot_signals(out: Path, rows, signals, analysis) -> list[Path]:
+AXES = {  # signal -> (divisor, axis label) for the scatter plots
+    "params": (1e6, "params (M, full width)"),
+    "flops": (1e9, "paper GFLOPs (full width, 640x512)"),
+    "activations": (1e6, "activations (M, full width, 640x512)"),
+}
+
+
+def plot_signals(out: Path, signals, analysis) -> list[Path]:
     """One scatter per signal: the signal against the reference mean, with the 95 % interval of each mean
-    (pooled seed std) as an error bar; the title carries tau and its interval."""
+    (pooled seed std, clipped to [0, 100]) as an error bar; the title carries tau and its interval. Then
+    ``fidelity.png``: every signal's Kendall tau with its interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -402,25 +413,50 @@ def plot_signals(out: Path, rows, signals, analysis) -> list[Path]:
         labels = [k for k in values if k in reference]
         if not labels:
             continue
+        divisor, xlabel = AXES.get(name, (1.0, name))
         fig, ax = plt.subplots(figsize=(5.2, 4.0), dpi=110)
         for label in labels:
-            ref = reference[label]
-            mean = sum(ref) / len(ref)
-            half = floor.half_width(len(ref)) or 0.0
-            color = {"base": "tab:blue", "paper": "tab:red", "control": "tab:gray"}.get(label, "tab:green")
-            ax.errorbar(values[label], mean, yerr=half, fmt="o", color=color, capsize=3)
-            ax.annotate(label, (values[label], mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        d = analysis["fidelity"][name]
-        ax.set_title(f"{name}: Kendall tau {_interval(d, 'kendall')}", fontsize=9)
-        ax.set_xlabel(name)
+            mean = sum(reference[label]) / len(reference[label])
+            half = floor.half_width(len(reference[label])) or 0.0
+            yerr = [[mean - max(0.0, mean - half)], [min(100.0, mean + half) - mean]]
+            x = values[label] / divisor
+            ax.errorbar(x, mean, yerr=yerr, fmt="o", color=COLORS.get(label, "tab:green"), capsize=3)
+            ax.annotate(label, (x, mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.margins(x=0.18)
+        ax.set_title(f"{name}: Kendall tau {_interval(analysis['fidelity'][name], 'kendall')}", fontsize=9)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(f"reference {TARGET} (mean, 95 % interval)")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = folder / f"{name.replace(' ', '_').replace('@', '_at_').replace('-', '_')}.png"
-        fig.savefig(path)
+        paths.append(folder / f"{plot_name(name)}.png")
+        fig.savefig(paths[-1])
         plt.close(fig)
-        paths.append(path)
+    paths.append(_plot_taus(folder / "fidelity.png", analysis["fidelity"], plt))
     return paths
+
+
+def _plot_taus(path: Path, fidelity: dict, plt) -> Path:
+    """Kendall tau and its 95 % interval per signal, best first."""
+    rows = sorted(((n, d) for n, d in fidelity.items() if d["kendall"] is not None), key=lambda r: r[1]["kendall"])
+    fig, ax = plt.subplots(figsize=(6.0, 0.32 * len(rows) + 1.2), dpi=110)
+    for i, (_, d) in enumerate(rows):
+        lo, hi = d["kendall_low"], d["kendall_high"]
+        ax.errorbar(
+            d["kendall"], i, xerr=[[d["kendall"] - lo], [hi - d["kendall"]]], fmt="o", color="tab:blue", capsize=3
+        )
+    ax.set_yticks(range(len(rows)), [n for n, _ in rows], fontsize=8)
+    ax.axvline(0.0, color="gray", lw=0.8)
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_xlabel(f"Kendall tau vs the reference {TARGET} (95 % interval)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_name(signal: str) -> str:
+    return signal.replace(" ", "_").replace("@", "_at_").replace("-", "_")
 
 
 def write_report(args, study, rows, scores, signals, analysis, wall_s: float | None) -> str:
@@ -447,6 +483,9 @@ def write_report(args, study, rows, scores, signals, analysis, wall_s: float | N
         "",
         *candidate_table(rows, scores, analysis),
         "",
+        "¹ At full width and the study's input size (the analytic cost model); trained at width "
+        f"x{study.width_mult:g}.",
+        "",
         f"Noise floor: pooled seed std of the reference {TARGET} {_f(noise['std'])} (df {noise['df']}).",
         "",
         "## Signals against the reference",
@@ -462,6 +501,12 @@ def write_report(args, study, rows, scores, signals, analysis, wall_s: float | N
         "- " + _diff_line(f"paper BH - base, {TARGET}", analysis["paper_minus_base"]),
         "- " + _diff_line(f"control - base, {TARGET} (positive control)", analysis["control_minus_base"]),
         "- " + _diff_line("control - base, AP50_tiny1", analysis["control_minus_base_tiny1"]),
+        "",
+        "## Plots",
+        "",
+        "![Kendall tau per signal](plots/fidelity.png)",
+        "",
+        *(f"![{name}](plots/{plot_name(name)}.png)" for name in signals),
         "",
     ]
     text = "\n".join(lines)
@@ -507,8 +552,8 @@ def main(argv=None) -> int:
     rows = load_results(args.out, candidates)
     signals = signal_table(rows, scores)
     analysis = analyse(rows, signals)
+    plot_signals(args.out, signals, analysis)
     print(write_report(args, study, rows, scores, signals, analysis, wall))
-    plot_signals(args.out, rows, signals, analysis)
     return 0
 
 
