@@ -99,6 +99,20 @@ def test_asha_rungs_and_expected_epochs():
     assert expected_epochs(3, 8) == 8.0  # FIFO
 
 
+def test_reference_points_and_repeats_are_expected_to_run_every_epoch():
+    # 4 trials, 2 of them protected (a reference point and its seed repeat); ASHA with one rung at 4 of 8
+    tr = ProgressTracker(4, 8, "AP50_tiny", rungs=[4], reduction_factor=2, protected_specs=["ref"], protected_trials=2)
+    assert tr.snapshot().epochs_total == 2 * 8 + 2 * 6.0
+    tr.started("a")
+    tr.result("a", {"epochs_done": 1, "spec_id": "ref", "repeat": 0})
+    tr.started("b")
+    tr.result("b", {"epochs_done": 1, "spec_id": "cand", "repeat": 0})
+    assert tr.snapshot().epochs_total == 8 + 6.0 + 8 + 6.0  # a protected, b not; one of each still pending
+    tr.started("c")
+    tr.result("c", {"epochs_done": 1, "spec_id": "ref", "repeat": 1})
+    assert tr.snapshot().epochs_total == 8 + 6.0 + 8 + 6.0  # the pending one is now a candidate
+
+
 def test_tracker_counts_epochs_best_and_eta():
     clock = Clock()
     tr = ProgressTracker(4, 8, "AP50_tiny", rungs=[4], reduction_factor=2, clock=clock)
@@ -301,3 +315,22 @@ def test_progress_line_pickles_without_its_stream():
     line = ProgressLine(ProgressTracker(1, 1, "top1"), io.StringIO(), tty=False)
     copy = pickle.loads(pickle.dumps(line))  # Tune pickles its callbacks with the Tuner
     assert copy.stream is sys.stderr and copy.tracker.n_trials == 1
+
+
+def test_protected_trials_left_count_references_and_repeats_not_done(tmp_path):
+    from bhsearch.spec import get_spec
+    from bhsearch.tune.noise import trial_key
+    from bhsearch.tune.runner import Candidate, _protected_left
+    from bhsearch.tune.study import parse_study
+
+    study = parse_study({"name": "p", "base": "resnet18", "noise": {"repeats": 3}, "stages": {"pretrain": {
+        "data": f"synthetic-cifar100:{tmp_path}", "epochs": 1}}})  # fmt: skip
+    base, paper = (
+        Candidate(get_spec("resnet18"), "base"),
+        Candidate(get_spec("resnet:basic:k3s1p:3-2-2-1:s2-2-2-2"), "paper"),
+    )
+    pool = [base, paper, Candidate(get_spec("resnet34"), "candidate")]
+    assert _protected_left(study, pool, [], 9) == 2 + 2 * 2  # two references, two extra seeds each
+    done = [base.id, trial_key(base.id, 1), trial_key(paper.id, 2)]
+    assert _protected_left(study, pool, done, 9) == 6 - 3
+    assert _protected_left(study, pool, [], 2) == 2  # never more than the trials left

@@ -7,8 +7,8 @@
 * ``trials``: finished trials of this run (completed, stopped by ASHA, failed) of the trials it trains;
 * ``trial-epochs``: epochs trained (pre-train + fine-tune, a resumed trial's restored epochs included) of the
   epochs the run will train: exact for FIFO, ``~`` an ASHA estimate (every trial reaches the first rung, a
-  ``1/reduction_factor`` share of them each further rung; finished trials count what they ran). The upper bound
-  is ``trials x max_epochs``;
+  ``1/reduction_factor`` share of them each further rung; reference points and seed repeats, which ASHA never
+  stops, run every epoch; finished trials count what they ran). The upper bound is ``trials x max_epochs``;
 * ``best``: the target metric of the best *completed* trial; before any trial completed, the best value
   reported so far among the trials that got furthest, and at which epoch;
 * the ETA is the remaining trial-epochs at the rate this run has trained them so far.
@@ -122,10 +122,15 @@ class _Trial:
     restored: int | None = None  # epochs a resumed trial had before this run
     value: float | None = None  # target metric at the last result that carried it
     value_epoch: int = 0
+    protected: bool = False  # a reference point or a seed repeat: ASHA never stops it
 
 
 class ProgressTracker:
-    """Counts of a study from its trials' events (no Ray): started, result rows, completed, failed."""
+    """Counts of a study from its trials' events (no Ray): started, result rows, completed, failed.
+
+    ``protected`` trials (``protected_specs``, or a row with ``repeat`` > 0) run every epoch under ASHA;
+    ``protected_trials`` of the ``trials`` are such trials.
+    """
 
     def __init__(
         self,
@@ -135,10 +140,13 @@ class ProgressTracker:
         *,
         rungs: Sequence[int] = (),
         reduction_factor: float = 2.0,
+        protected_specs: Sequence[str] = (),
+        protected_trials: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.n_trials, self.max_epochs, self.metric = trials, max_epochs, metric
         self.rungs, self.reduction_factor = list(rungs), reduction_factor
+        self.protected_specs, self.protected_trials = set(protected_specs), protected_trials
         self.clock = clock
         self.t0 = clock()
         self.trials: dict[str, _Trial] = {}
@@ -158,6 +166,8 @@ class ProgressTracker:
             if t.restored is None:
                 t.restored = max(0, epochs - 1)
             t.epochs = max(t.epochs, epochs)
+        if row.get("repeat") or row.get("spec_id") in self.protected_specs:
+            t.protected = True
         value = row.get(self.metric)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
             t.value, t.value_epoch = float(value), t.epochs
@@ -171,6 +181,14 @@ class ProgressTracker:
     def failed(self, trial_id: str) -> None:
         self._get(trial_id).status = "failed"
 
+    def _expected(self, at: int, protected: bool) -> float:
+        """Expected trial-epochs of a running (or, ``at`` 0, a pending) trial."""
+        return (
+            float(self.max_epochs)
+            if protected
+            else expected_epochs(at, self.max_epochs, self.rungs, self.reduction_factor)
+        )
+
     def snapshot(self) -> Snapshot:
         counts = {s: 0 for s in ("running", "completed", "stopped", "failed")}
         for t in self.trials.values():
@@ -179,13 +197,10 @@ class ProgressTracker:
         done = sum(t.epochs for t in self.trials.values())
         trained = sum(t.epochs - (t.restored or 0) for t in self.trials.values())
         total = float(sum(t.epochs for t in self.trials.values() if t.status != "running"))
-        total += sum(
-            expected_epochs(t.epochs, self.max_epochs, self.rungs, self.reduction_factor)
-            for t in self.trials.values()
-            if t.status == "running"
-        )
+        total += sum(self._expected(t.epochs, t.protected) for t in self.trials.values() if t.status == "running")
         unseen = n_trials - len(self.trials)
-        total += unseen * expected_epochs(0, self.max_epochs, self.rungs, self.reduction_factor)
+        unseen_protected = min(unseen, max(0, self.protected_trials - sum(t.protected for t in self.trials.values())))
+        total += unseen_protected * self.max_epochs + (unseen - unseen_protected) * self._expected(0, False)
         total = max(total, float(done))
         elapsed = self.clock() - self.t0
         eta = (total - done) * elapsed / trained if trained > 0 else None

@@ -473,16 +473,33 @@ def _tune_env() -> None:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
 
 
-def _progress_printer(study: Study, trials: int, enabled: bool, interval_s: float, verbose: int):
-    """The progress line of a run that trains ``trials`` trials; rewritten in place on a terminal unless Tune
-    prints its own output too (``verbose``)."""
+def _protected_left(study: Study, pool: list[Candidate], done: list[str] | tuple[str, ...], n: int) -> int:
+    """How many of the ``n`` trials left to run are reference points or their seed repeats (``plan_search``
+    issues those first)."""
+    from bhsearch.tune.noise import config_key, repeat_configs
+
+    refs = [c.id for c in pool if c.role != "candidate"]
+    repeats = [c for c in repeat_configs(refs, study.noise.repeats) if config_key(c) not in set(done)]
+    return min(n, len(repeats) + len([r for r in refs if r not in set(done)]))
+
+
+def _progress_printer(study: Study, trials: int, protected: int, enabled: bool, interval_s: float, verbose: int):
+    """The progress line of a run that trains ``trials`` trials, ``protected`` of them reference points or seed
+    repeats (never stopped by ASHA); rewritten in place on a terminal unless Tune prints its own output too
+    (``verbose``)."""
     from bhsearch.tune.progress import ProgressLine, ProgressTracker, asha_rungs
 
     rungs: list[int] = []
     if study.scheduler.type == "asha":
         rungs = asha_rungs(study.max_epochs, study.scheduler.grace_period, study.scheduler.reduction_factor)
     tracker = ProgressTracker(
-        trials, study.max_epochs, study.target_metric, rungs=rungs, reduction_factor=study.scheduler.reduction_factor
+        trials,
+        study.max_epochs,
+        study.target_metric,
+        rungs=rungs,
+        reduction_factor=study.scheduler.reduction_factor,
+        protected_specs=[spec.id for _, spec in study.reference_specs()],
+        protected_trials=protected,
     )
     return ProgressLine(tracker, enabled=enabled, interval_s=interval_s, tty=False if verbose >= 1 else None)
 
@@ -735,7 +752,8 @@ def run_study(
         state["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "outcome": "running"})
         state_mod.save_state(run_dir, state)
         if n > 0:
-            printer = _progress_printer(study, n, progress, progress_interval_s, verbose)
+            protected = _protected_left(study, pool, done_keys, n)
+            printer = _progress_printer(study, n, protected, progress, progress_interval_s, verbose)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
