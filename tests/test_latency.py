@@ -522,6 +522,11 @@ def test_hrnet_units_cover_the_whole_network(pool):
     spec = TINY_HRNET.replace(stem_strides=(1, 2), pool_after_stage1=True) if pool else TINY_HRNET
     size = "41x30"  # odd sizes: every stride-2 conv rounds up, fuse up-sampling overshoots and is cropped
     units = network_units(spec, size)
+    from bhsearch.cost_hrnet import hrnet_units
+    from bhsearch.latency.units import hrnet_unit_key
+
+    w, h = (int(v) for v in size.split("x"))
+    assert [u.key for u in units] == [hrnet_unit_key(item.unit) for item in hrnet_units(spec, (w, h))]  # same order
     torch.manual_seed(0)
     per_unit = {}
     for unit in units:
@@ -658,3 +663,18 @@ def test_cuda_event_timing_path_with_mocked_cuda(monkeypatch):
     assert measure.summarize(times)["median_s"] == 0.003
     with pytest.raises(UsageError, match="cpu only"):
         measure.check_runtime("onnxruntime", "inference", torch.device("cuda", 0))
+
+
+@pytest.mark.slow
+def test_compile_runtime_times_a_unit():
+    """``--runtime compile``: torch.compile (inductor) of one unit; compiling takes ~1-2 min on this CPU."""
+    torch = pytest.importorskip("torch")
+    from bhsearch.latency.measure import build_unit, time_module
+
+    unit = network_units(TINY, "32x32")[1]
+    r = time_module(build_unit(unit), (1, *unit.in_shape), torch.device("cpu"), torch.float32, warmup=0, reps=2,
+                    runtime="compile")  # fmt: skip
+    assert r["reps"] == 2 and r["median_s"] > 0
+    with pytest.raises(UsageError, match="inference only"):
+        time_module(build_unit(unit), (1, *unit.in_shape), torch.device("cpu"), torch.float32, "train",
+                    runtime="compile")  # fmt: skip

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--runtime",
         default="torch",
-        choices=["torch", "onnxruntime"],
+        choices=["torch", "onnxruntime", "compile"],
         help="runtime of the table entries to predict from and to measure in (default torch)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")

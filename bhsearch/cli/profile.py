@@ -18,7 +18,8 @@ every unit; with --resume (the default) an interrupted profile continues where i
 Use the table with `bhsearch solve --profile FILE` and `bhsearch count SPEC --profile FILE`.
 Bases: resnet and hrnet families. --runtime onnxruntime adds inference times of the units exported
 to ONNX and run in onnxruntime (intra-op threads = --threads, sequential execution) to the same
-table; `count/solve --runtime onnxruntime` predict from them.
+table; --runtime compile those of torch.compile'd units (inductor; compiling takes about a
+minute per unit on a CPU). `count/solve --runtime RUNTIME` predict from them.
 
 Every unit and whole network keeps the relative spread of its repetitions, (p90 - p10) / median.
 A profile is marked (one WARNING line per problem on stderr, and in the table's "quality" field,
@@ -65,9 +66,10 @@ def register(subparsers) -> None:
     p.add_argument(
         "--runtime",
         default="torch",
-        choices=["torch", "onnxruntime"],
-        help="runtime to time the units in: torch (default) or onnxruntime (CPU, inference only; "
-        "needs the 'export' extra); one table holds several",
+        choices=["torch", "onnxruntime", "compile"],
+        help="runtime to time the units in: torch (default), onnxruntime (CPU, inference only; needs the "
+        "'export' extra) or compile (torch.compile, inference only; minutes of compiling per unit on CPU); "
+        "one table holds several",
     )
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing; default 1")
     p.add_argument("--reps", type=int, default=5, help="timed runs, the median is kept; default 5")

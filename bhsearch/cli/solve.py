@@ -155,7 +155,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--runtime",
         default="torch",
-        choices=["torch", "onnxruntime"],
+        choices=["torch", "onnxruntime", "compile"],
         help="runtime of the --profile entries to predict from (default torch)",
     )
     p.add_argument("--max-latency-ratio", metavar="R", help="max predicted latency as a ratio to the base's")

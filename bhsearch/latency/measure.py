@@ -5,7 +5,9 @@ thread's CPU time instead, which other processes on a shared machine do not infl
 intra-op thread) and CUDA events on GPU, after
 warm-up, summarised by the median and the 10th/90th percentiles. ``runtime="onnxruntime"`` times
 the module exported to ONNX (``torch.onnx.export(dynamo=False)``) in an onnxruntime CPU session with
-``intra_op_num_threads`` = the thread count and sequential execution (inference only). Memory on GPU comes from the
+``intra_op_num_threads`` = the thread count and sequential execution (inference only);
+``runtime="compile"`` times ``torch.compile(module)`` (inductor; compiled during warm-up, inference
+only). Memory on GPU comes from the
 CUDA caching allocator (``max_memory_allocated``); on CPU from :class:`TensorMemoryTracker`, which
 follows every tensor storage created by an operator (forward and backward) until it is freed.
 """
@@ -270,6 +272,8 @@ def check_runtime(runtime: str, mode: str = "inference", device: torch.device | 
         return
     if mode != "inference":
         raise UsageError(f"runtime {runtime} times inference only; got mode {mode!r}")
+    if runtime == "compile":
+        return
     if device is not None and device.type != "cpu":
         raise UsageError(f"runtime {runtime} is profiled on cpu only; got device {device.type!r}")
     onnxruntime_version()
@@ -353,6 +357,8 @@ def time_module(
     x = _input(input_shape, device, dtype, input_grad and mode == "train")
     if runtime == "onnxruntime":
         fn = onnx_step(module, x, torch.get_num_threads())
+    elif runtime == "compile":  # compiled on the first call: never time it
+        fn, warmup = _step_fn(torch.compile(module), x, mode), max(1, warmup)
     else:
         fn = _step_fn(module, x, mode)
     return summarize(time_callable(fn, device, warmup, reps, clock, account))

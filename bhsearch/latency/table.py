@@ -34,9 +34,10 @@ STATS = ("median", "min")
 # Settings that make two measurements incomparable; a table is refused when any of these differ.
 MATCH_KEYS = ("device", "device_name", "torch_version", "dtype", "batch_size", "threads", "norm", "clock")
 # Runtimes a table can hold side by side (unit and overhead keys of other runtimes than torch end in
-# ``@<runtime>``); onnxruntime entries hold inference only.
-RUNTIMES = ("torch", "onnxruntime")
-INFERENCE_ONLY_RUNTIMES = ("onnxruntime",)
+# ``@<runtime>``); onnxruntime and compile (``torch.compile``, default inductor backend) entries hold
+# inference only.
+RUNTIMES = ("torch", "onnxruntime", "compile")
+INFERENCE_ONLY_RUNTIMES = ("onnxruntime", "compile")
 
 # Quality thresholds (docs/latency.md, "Measurements that know when they are bad").
 #: relative spread of a measurement: (p90 - p10) / median over its repetitions; a profile whose median

@@ -290,17 +290,60 @@ def _resnet_units(spec: ResNetSpec, height: int, width: int) -> tuple[Unit, ...]
 
 
 @lru_cache(maxsize=65536)
-def _hrnet_units(spec: HRNetSpec, height: int, width: int) -> tuple[HRNetUnit, ...]:
-    from bhsearch.cost_hrnet import hrnet_units
+def _hrnet_unit(part: Any) -> HRNetUnit:
+    """The (shared) unit of a descriptor: its key is formatted once per distinct descriptor."""
+    return HRNetUnit.of(part)
 
-    made: dict[Any, HRNetUnit] = {}
-    out = []
-    for item in hrnet_units(spec, (width, height)):
-        unit = made.get(item.unit)
-        if unit is None:
-            unit = made[item.unit] = HRNetUnit.of(item.unit)
-        out.append(unit)
-    return tuple(out)
+
+@lru_cache(maxsize=4096)
+def _hrnet_front(
+    sw: int, strides: tuple[int, ...], block: str, planes: int, n: int, pool: bool, height: int, width: int
+) -> tuple[tuple[HRNetUnit, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Stem, stage-1 blocks and the optional max-pool: units, branch channels and sizes after them."""
+    from bhsearch import cost_hrnet as ch
+
+    _, h, w = ch.stem_cost(3, sw, strides, height, width)
+    units = [
+        _hrnet_unit(ch.StemUnit(3, sw, strides, height, width)),
+        _hrnet_unit(ch.BlockUnit(block, sw, planes, 1, h, w)),
+    ]
+    cout = planes * EXPANSION[block]
+    units += [_hrnet_unit(ch.BlockUnit(block, cout, planes, 1, h, w))] * (n - 1)
+    if pool:
+        units.append(_hrnet_unit(ch.PoolUnit(cout, h, w)))
+        _, h, w = ch.pool_cost(cout, h, w)
+    return tuple(units), (cout,), ((h, w),)
+
+
+@lru_cache(maxsize=16384)
+def _hrnet_stage(
+    stage: Any, channels: tuple[int, ...], sizes: tuple[tuple[int, int], ...]
+) -> tuple[tuple[HRNetUnit, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """A multi-branch stage (its incoming transition, then per module the branch blocks and fuse layers)."""
+    from bhsearch import cost_hrnet as ch
+
+    out = tuple(wd * EXPANSION[stage.block] for wd in stage.widths)
+    _, new_sizes = ch.transition_cost(channels, out, sizes)
+    module: list[HRNetUnit] = []
+    for wd, nb, c, (bh, bw) in zip(stage.widths, stage.blocks, out, new_sizes, strict=True):
+        module += [_hrnet_unit(ch.BlockUnit(stage.block, c, wd, 1, bh, bw))] * nb
+    module.append(_hrnet_unit(ch.FuseUnit(out, new_sizes, True)))
+    units = (_hrnet_unit(ch.TransitionUnit(channels, out, sizes)), *module * stage.modules)
+    return units, out, new_sizes
+
+
+@lru_cache(maxsize=65536)
+def _hrnet_units(spec: HRNetSpec, height: int, width: int) -> tuple[HRNetUnit, ...]:
+    """The units in the order of :func:`bhsearch.cost_hrnet.hrnet_units`, built from cached stages (the
+    solver meets many candidates that share their stem, stage 1 or a stage)."""
+    units, channels, sizes = _hrnet_front(
+        spec.stem_width, tuple(spec.stem_strides), spec.stage1_block, spec.stage1_width, spec.stage1_blocks,
+        spec.pool_after_stage1, height, width,
+    )  # fmt: skip
+    for st in spec.stages:
+        more, channels, sizes = _hrnet_stage(st, channels, sizes)
+        units += more
+    return units
 
 
 def network_units(spec: Spec | str, input_size: str | tuple[int, int]) -> tuple[Unit, ...]:
