@@ -678,3 +678,19 @@ def test_compile_runtime_times_a_unit():
     with pytest.raises(UsageError, match="inference only"):
         time_module(build_unit(unit), (1, *unit.in_shape), torch.device("cpu"), torch.float32, "train",
                     runtime="compile")  # fmt: skip
+
+
+def test_solve_with_an_hrnet_profile_does_not_import_torch(tmp_path):
+    path = _synthetic_table(_space_of(TINY_HRNET), overhead=(-0.001, 0.0)).save(tmp_path / "h.json")
+    code = (
+        "import sys, io, contextlib\n"
+        "from bhsearch.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['solve', '--base', {TINY_HRNET.id!r}, '--input', {SIZE!r}, '--profile', {str(path)!r},"
+        " '--match', 'latency', '--tolerance', '80', '--json']) == 0\n"
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    assert "bhsearch solve: WARNING" in proc.stderr and "negative overhead" in proc.stderr
