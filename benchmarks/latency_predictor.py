@@ -1,14 +1,24 @@
-"""Validate the latency predictor and the analytic training memory against measurements.
+"""Validate the latency predictor against measurements, held out, over independent profiles.
 
-Profiles the ResNet-50 design space (spaces/resnet.yaml) into a lookup table (timed), then for the
-named specs and N random candidates of the space compares predicted with measured end-to-end
-latency: MAPE, Spearman and Kendall rank correlation (scipy.stats). The baseline, measured in the
-same run on the same networks, is a FLOPs-proportional model (latency = paper FLOPs x the base's
-measured seconds per FLOP), which is what matching on FLOPs assumes. Then analytic training memory
-vs the measured autograd-saved bytes and the measured peak of a training step; then the speed of
-prediction and of a latency-matched solve.
+For every space (ResNet-50 and HRNet-32 at ``--scale`` of their widths, their default design spaces),
+runtime (``--runtimes``) and thread count (``--threads``), and for each of ``--profiles`` independent
+repetitions: profile the space into a fresh lookup table, measure end-to-end inference latency of
+``--train`` training networks (the base and random candidates) and ``--candidates`` held-out random
+candidates, then score on the held-out networks only (MAPE, Spearman):
 
-    python benchmarks/latency_predictor.py --threads 1 --scale 0.5 --input 640x512 --candidates 20
+* ``predictor``: the table's prediction (sum of units + overhead term), fitted on nothing;
+* ``flops`` / ``acts``: latency proportional to paper FLOPs / conv output elements, the factor fitted
+  by least squares on the training networks (what matching on FLOPs or activations assumes);
+* ``corrected``: the predictor times a per-stage correction, measured / predicted ~ sum_s c_s x
+  (FLOP share of stage s), fitted by ridge least squares (towards c = 1) on the training networks.
+
+Printed per space, runtime and threads: each method's mean and standard deviation over the profiles,
+with the table's quality warnings. Numbers are only meaningful on an idle machine (``uptime`` first).
+
+    python benchmarks/latency_predictor.py --spaces resnet50,hrnet32 --scale 0.5 --threads 1 \\
+        --runtimes torch,onnxruntime --profiles 3 --train 8 --candidates 20
+    python benchmarks/latency_predictor.py --spaces resnet50 --scale 0.125 --input 64x48 \\
+        --profiles 2 --train 3 --candidates 3 --reps 1       # smoke test, seconds
 """
 
 from __future__ import annotations
@@ -22,75 +32,116 @@ import tempfile
 import time
 from pathlib import Path
 
+METHODS = ("predictor", "corrected", "flops", "acts")
+
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spaces", default="resnet50,hrnet32", help="comma-separated bases (default resnet50,hrnet32)")
     p.add_argument("--input", default="640x512", help="input size WIDTHxHEIGHT (default 640x512)")
     p.add_argument("--scale", type=float, default=0.5, help="width scale of every spec (default 0.5)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--candidates", type=int, default=20, help="random candidates of the space (default 20)")
-    p.add_argument("--max-blocks", type=int, default=8, help="cap on blocks per stage of random candidates")
+    p.add_argument("--threads", default="1", help="comma-separated torch/onnxruntime thread counts (default 1)")
+    p.add_argument("--runtimes", default="torch", help="comma-separated: torch, onnxruntime, compile (default torch)")
     p.add_argument(
         "--clock",
-        default="cpu",
-        choices=["wall", "cpu"],
-        help="timer: thread CPU time (default; robust on a shared machine, needs --threads 1) or wall time",
+        default="auto",
+        choices=["auto", "wall", "cpu"],
+        help="timer: auto (thread CPU time with 1 thread, else wall; always wall for onnxruntime, whose "
+        "threads are its own), wall or cpu",
     )
+    p.add_argument("--profiles", type=int, default=3, help="independent profiles (and measurements) per setting")
+    p.add_argument("--train", type=int, default=8, help="training networks for the fitted baselines (base first)")
+    p.add_argument("--candidates", type=int, default=20, help="held-out random candidates of the space")
+    p.add_argument("--max-blocks", type=int, default=8, help="cap on the depth per stage of random candidates")
     p.add_argument("--reps", type=int, default=3, help="timed end-to-end runs per network (median)")
-    p.add_argument("--train", type=int, default=6, help="networks also validated in train-step mode")
-    p.add_argument("--additivity", type=int, default=4, help="networks for the back-to-back additivity check")
-    p.add_argument("--table", default=None, help="reuse this table (profiled if missing)")
+    p.add_argument("--profile-reps", type=int, default=5, help="timed runs per unit in the profile (median)")
+    p.add_argument("--ridge", type=float, default=1.0, help="ridge weight of the corrected predictor (towards 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
     return p.parse_args()
 
 
-def _random_candidates(base, n: int, max_blocks: int, seed: int):
-    from bhsearch.solver import load_space
+def _candidates(base, n: int, max_blocks: int, rng: random.Random, exclude: set[str]):
+    """``n`` distinct random candidates of the base's default design space (depth capped per stage)."""
+    from bhsearch.solver import _FAMILIES, load_space
 
     space = load_space(None, base)
-    rng = random.Random(seed)
-    out, seen = [], set()
-    while len(out) < n:
+    family = _FAMILIES[space.family]
+    out = []
+    for _ in range(100 * n + 100):
+        if len(out) == n:
+            break
         glob = rng.choice(space.globals)
-        blocks = tuple(rng.choice([o for o in ax.options if o <= max_blocks] or ax.options[:1]) for ax in space.axes)
-        spec = base.replace(blocks=blocks, **glob)
-        if spec.id not in seen:
-            seen.add(spec.id)
+        choice = []
+        for ax in space.axes:
+            options = [o for o, d in zip(ax.options, ax.depths, strict=True) if d <= max_blocks] or ax.options[:1]
+            choice.append(rng.choice(options))
+        spec = family.make_spec(base, glob, tuple(choice))
+        if spec.id not in exclude:
+            exclude.add(spec.id)
             out.append(spec)
     return out
 
 
-def _additivity(spec, size: str, clock: str) -> tuple[float, float]:
-    """Whole network vs the sum of its units, measured back to back (min of 3 each): the method's own
-    error, free of load drift between a profile and a later measurement on a shared machine."""
-    import torch
-
-    from bhsearch.latency import network_units
-    from bhsearch.latency.measure import build_unit, time_module
-    from bhsearch.models import build_backbone
-
-    dev, width_height = torch.device("cpu"), size.split("x")
-    w, h = int(width_height[0]), int(width_height[1])
-    net = time_module(build_backbone(spec), (1, 3, h, w), dev, torch.float32, warmup=1, reps=3, clock=clock)
-    cache: dict[str, float] = {}
-    for unit in network_units(spec, size):
-        if unit.key not in cache:
-            r = time_module(build_unit(unit), (1, *unit.in_shape), dev, torch.float32, warmup=1, reps=3, clock=clock)
-            cache[unit.key] = r["min_s"]
-    return net["min_s"], sum(cache[u.key] for u in network_units(spec, size))
+def _mape(pred: list[float], meas: list[float]) -> float:
+    return 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, meas, strict=True))
 
 
-def _errors(pred: list[float], meas: list[float]) -> dict[str, float]:
+def _spearman(pred: list[float], meas: list[float]) -> float:
     from scipy import stats
 
-    ape = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
-    return {
-        "mape_pct": 100 * statistics.fmean(ape),
-        "max_ape_pct": 100 * max(ape),
-        "spearman": float(stats.spearmanr(pred, meas).statistic),
-        "kendall": float(stats.kendalltau(pred, meas).statistic),
+    if len(pred) < 3:
+        return float("nan")
+    return float(stats.spearmanr(pred, meas).statistic)
+
+
+def _fit_scale(x: list[float], y: list[float]) -> float:
+    """Least-squares ``a`` of ``y ~ a x`` (through the origin)."""
+    return sum(a * b for a, b in zip(x, y, strict=True)) / sum(a * a for a in x)
+
+
+def _stage_shares(spec, size: str) -> list[float]:
+    import bhsearch
+
+    stages = bhsearch.count(spec, size).stages
+    total = sum(s.flops for s in stages)
+    return [s.flops / total for s in stages]
+
+
+def _fit_correction(features: list[list[float]], ratios: list[float], ridge: float) -> list[float]:
+    """Ridge least squares of ``ratio ~ features @ c`` pulled towards ``c = 1`` (no correction)."""
+    import numpy as np
+
+    x, r = np.asarray(features), np.asarray(ratios)
+    k = x.shape[1]
+    lhs = x.T @ x + ridge * np.eye(k)
+    rhs = x.T @ r + ridge * np.ones(k)
+    return list(np.linalg.solve(lhs, rhs))
+
+
+def _evaluate(train_rows: list[dict], test_rows: list[dict], ridge: float) -> dict[str, dict[str, float]]:
+    """Every method's held-out MAPE and Spearman (baselines and correction fitted on ``train_rows``)."""
+    meas = [r["measured_s"] for r in test_rows]
+    a_flops = _fit_scale([r["flops"] for r in train_rows], [r["measured_s"] for r in train_rows])
+    a_acts = _fit_scale([r["acts"] for r in train_rows], [r["measured_s"] for r in train_rows])
+    coef = _fit_correction(
+        [r["shares"] for r in train_rows], [r["measured_s"] / r["predicted_s"] for r in train_rows], ridge
+    )
+    preds = {
+        "predictor": [r["predicted_s"] for r in test_rows],
+        "corrected": [r["predicted_s"] * sum(c * s for c, s in zip(coef, r["shares"], strict=True)) for r in test_rows],
+        "flops": [a_flops * r["flops"] for r in test_rows],
+        "acts": [a_acts * r["acts"] for r in test_rows],
     }
+    return {m: {"mape_pct": _mape(p, meas), "spearman": _spearman(p, meas)} for m, p in preds.items()}
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v == v]  # drop NaN
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3g} ± {sd:.2g}"
 
 
 def main() -> int:
@@ -98,103 +149,90 @@ def main() -> int:
     import torch
 
     import bhsearch
-    from bhsearch.latency import (
-        load_table,
-        measure_latency,
-        measure_train_memory,
-        predict_latency,
-        profile_space,
-        train_memory_breakdown,
-    )
+    from bhsearch.latency import load_table, measure_latency, predict_latency, profile_space
+    from bhsearch.latency import units as units_mod
 
-    torch.set_num_threads(args.threads)
-    base = bhsearch.get_spec("resnet50").scaled(args.scale)
-    bh = bhsearch.get_spec("bh-resnet50").scaled(args.scale)
     size = args.input
-    table_path = Path(args.table or Path(tempfile.mkdtemp()) / "cpu.json")
-    print(
-        f"# torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, input {size}, "
-        f"widths x{args.scale}, batch 1 fp32"
-    )
+    threads_list = [int(t) for t in args.threads.split(",")]
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    print(f"# torch {torch.__version__}, input {size}, widths x{args.scale}, batch 1 fp32, {args.profiles} profiles")
+    results: dict = {"settings": vars(args), "settings_runs": []}
+    work = Path(tempfile.mkdtemp(prefix="latency-bench-"))
+    for name in [s.strip() for s in args.spaces.split(",") if s.strip()]:
+        base = bhsearch.get_spec(name).scaled(args.scale)
+        rng = random.Random(args.seed)
+        seen = {base.id}
+        train_specs = [base, *_candidates(base, max(0, args.train - 1), args.max_blocks, rng, seen)]
+        test_specs = _candidates(base, args.candidates, args.max_blocks, rng, seen)
+        costs = {s.id: bhsearch.count(s, size) for s in train_specs + test_specs}
+        for runtime in runtimes:
+            for threads in threads_list:
+                clock = args.clock
+                if clock == "auto":
+                    clock = "cpu" if threads == 1 and runtime != "onnxruntime" else "wall"
+                label = f"{name} x{args.scale} / {runtime} / {threads} thread(s) / {clock} clock"
+                print(f"\n## {label}: {len(train_specs)} training + {len(test_specs)} held-out networks", flush=True)
+                per_profile = []
+                for k in range(args.profiles):
+                    out = work / f"{name}-{runtime}-{threads}-{k}.json"
+                    t0 = time.perf_counter()
+                    table = profile_space(base, size, device="cpu", threads=threads, clock=clock, runtime=runtime,
+                                          reps=args.profile_reps, out=out, resume=False)  # fmt: skip
+                    profile_s = time.perf_counter() - t0
+                    rows = []
+                    for spec in train_specs + test_specs:
+                        m = measure_latency(spec, size, threads=threads, warmup=1, reps=args.reps, clock=clock,
+                                            runtime=runtime)  # fmt: skip
+                        rep = costs[spec.id]
+                        rows.append({
+                            "spec": spec.id,
+                            "measured_s": m["median_s"],
+                            "spread": m["spread"],
+                            "predicted_s": predict_latency(spec, size, table, runtime=runtime),
+                            "flops": rep.flops,
+                            "acts": rep.activations,
+                            "shares": _stage_shares(spec, size),
+                        })  # fmt: skip
+                    scores = _evaluate(rows[: len(train_specs)], rows[len(train_specs) :], args.ridge)
+                    warnings = [w["message"] for w in load_table(out).warnings]
+                    per_profile.append({"profile_s": profile_s, "units": len(table.units), "scores": scores,
+                                        "warnings": warnings, "rows": rows})  # fmt: skip
+                    line = ", ".join(
+                        f"{m} {scores[m]['mape_pct']:.1f} % / {scores[m]['spearman']:.3f}" for m in METHODS
+                    )
+                    print(f"  profile {k + 1}: {len(table.units)} units in {profile_s:.1f} s; "
+                          f"held-out MAPE / Spearman: {line}", flush=True)  # fmt: skip
+                    for w in warnings:
+                        print(f"    WARNING: {w}")
+                print(f"  over {args.profiles} profiles (mean ± sd), held out on {len(test_specs)} networks:")
+                summary = {}
+                for m in METHODS:
+                    mapes = [p["scores"][m]["mape_pct"] for p in per_profile]
+                    rhos = [p["scores"][m]["spearman"] for p in per_profile]
+                    summary[m] = {"mape_pct": mapes, "spearman": rhos}
+                    print(f"    {m:10s} MAPE {_mean_sd(mapes):>14s} %   Spearman {_mean_sd(rhos):>14s}")
+                results["settings_runs"].append({
+                    "space": name, "runtime": runtime, "threads": threads, "clock": clock,
+                    "summary": summary, "profiles": per_profile,
+                })  # fmt: skip
 
-    t0 = time.perf_counter()
-    table = profile_space(
-        base, size, device="cpu", threads=args.threads, clock=args.clock, out=table_path, resume=True, progress=True
-    )
-    profile_s = time.perf_counter() - t0
-    print(f"profile of the resnet50 space: {len(table.units)} units in {profile_s:.1f} s -> {table_path}")
-
-    specs = [base, bh, *_random_candidates(base, args.candidates, args.max_blocks, args.seed)]
-    rows = []
-    for i, spec in enumerate(specs):
-        row = {"spec": spec.id, "flops": bhsearch.count(spec, size).flops}
-        for mode in ("inference", "train") if i < args.train else ("inference",):
-            m = measure_latency(spec, size, threads=args.threads, mode=mode, warmup=1, reps=args.reps, clock=args.clock)
-            for stat in ("median", "min"):
-                row[f"{mode}_{stat}_measured_s"] = m[f"{stat}_s"]
-                row[f"{mode}_{stat}_predicted_s"] = predict_latency(spec, size, table, mode, stat)
-        rows.append(row)
+        # the predictor's own speed (pure Python, the solver's inner loop)
+        table = load_table(next(work.glob(f"{name}-*.json")))
+        rt = table.runtimes[0]
+        specs = train_specs + test_specs
+        t0 = time.process_time()  # CPU time: a shared machine does not inflate it
+        for _ in range(20):  # cold: every candidate's units enumerated afresh, as the solver meets them
+            units_mod._resnet_units.cache_clear()
+            units_mod._hrnet_units.cache_clear()
+            for spec in specs:
+                predict_latency(spec, size, table, runtime=rt)
+        per_pred = (time.process_time() - t0) / (20 * len(specs))
+        results.setdefault("predict_us", {})[name] = per_pred * 1e6
         print(
-            f"{i + 1:2d}/{len(specs)} {spec.id:58s} median: predicted {row['inference_median_predicted_s']:.3f} s, "
-            f"measured {row['inference_median_measured_s']:.3f} s; min: {row['inference_min_predicted_s']:.3f} / "
-            f"{row['inference_min_measured_s']:.3f} s",
-            flush=True,
+            f"  predict_latency: {per_pred * 1e6:.1f} us CPU per candidate, units enumerated afresh (target <= 100 us)"
         )
-
-    results: dict = {"settings": vars(args), "profile_s": profile_s, "units": len(table.units), "modes": {}}
-    for mode in ("inference", "train"):
-        for stat in ("median", "min"):
-            key = f"{mode}_{stat}"
-            sub = [r for r in rows if f"{key}_measured_s" in r]
-            meas = [r[f"{key}_measured_s"] for r in sub]
-            pred = [r[f"{key}_predicted_s"] for r in sub]
-            per_flop = sub[0][f"{key}_measured_s"] / sub[0]["flops"]  # the base, measured in this run
-            flops_model = [r["flops"] * per_flop for r in sub]
-            ours, flops = _errors(pred, meas), _errors(flops_model, meas)
-            results["modes"][key] = {"networks": len(sub), "predictor": ours, "flops_baseline": flops}
-            print(
-                f"\n{mode}, {stat} of reps ({len(sub)} networks): predictor MAPE {ours['mape_pct']:.1f}% "
-                f"(max {ours['max_ape_pct']:.1f}%), Spearman {ours['spearman']:.3f}, Kendall {ours['kendall']:.3f}\n"
-                f"  FLOPs baseline: MAPE {flops['mape_pct']:.1f}%, Spearman {flops['spearman']:.3f}, "
-                f"Kendall {flops['kendall']:.3f}; MAPE ratio baseline/predictor "
-                f"{flops['mape_pct'] / max(ours['mape_pct'], 1e-9):.1f}x"
-            )
-
-    print("\nadditivity, measured back to back (inference, min of 3): network / sum of its units")
-    ratios = []
-    for spec in specs[: args.additivity]:
-        net, units_sum = _additivity(spec, size, args.clock)
-        ratios.append(net / units_sum)
-        print(f"  {spec.id:58s} {net:.3f} s / {units_sum:.3f} s = {net / units_sum:.3f}", flush=True)
-    results["additivity_ratios"] = ratios
-
-    print("\ntraining memory, batch 2 (analytic vs measured on CPU, tensor-level tracker):")
-    mem_rows = []
-    for spec in specs[:4]:
-        a = train_memory_breakdown(spec, size, 2)
-        m = measure_train_memory(spec, size, batch_size=2)
-        peak_total = m["peak_bytes"] + m["param_bytes"]
-        mem_rows.append({"spec": spec.id, "analytic": a, "measured": m})
-        print(
-            f"  {spec.id:55s} saved: analytic {a['activations'] / 2**20:8.1f} MiB, measured "
-            f"{m['saved_bytes'] / 2**20:8.1f} MiB; step peak+weights {peak_total / 2**20:8.1f} MiB = "
-            f"{peak_total / a['total']:.3f} x analytic total"
-        )
-    results["memory"] = mem_rows
-
-    table = load_table(table_path)
-    t0 = time.perf_counter()
-    for spec in specs * 50:
-        predict_latency(spec, size, table)
-    per_pred = (time.perf_counter() - t0) / (50 * len(specs))
-    t0 = time.perf_counter()
-    solved = bhsearch.solve(base, size, match="latency", profile=table_path, tolerance=5)
-    solve_s = time.perf_counter() - t0
-    results.update(predict_us=per_pred * 1e6, solve_latency_s=solve_s)
-    print(f"\npredict_latency: {per_pred * 1e6:.1f} us per candidate; solve --match latency: {solve_s:.3f} s "
-          f"({len(getattr(solved, 'candidates', []) or [])} candidates)")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({**results, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -503,8 +503,9 @@ def _per_stage(value: int | Sequence[int | None] | None, n: int, what: str) -> l
 class _Costing:
     """Metric vectors of specs: exact counts plus optional latency / train memory."""
 
-    def __init__(self, size, family, profile_table, need_memory: bool, batch_size: int) -> None:
+    def __init__(self, size, family, profile_table, need_memory: bool, batch_size: int, runtime: str = "torch") -> None:
         self.size = size
+        self.runtime = runtime
         self.family = family
         self.table = profile_table
         self.need_memory = need_memory
@@ -523,7 +524,7 @@ class _Costing:
 
     def extra(self, spec: Spec) -> tuple[float, int]:
         """Predicted latency (0 without a profile) and training memory (0 unless asked for)."""
-        lat = self._lat(spec, self.size, self.table) if self.table is not None else 0.0
+        lat = self._lat(spec, self.size, self.table, runtime=self.runtime) if self.table is not None else 0.0
         mem = self._mem(spec, self.size, self.batch_size) if self.need_memory else 0
         return lat, mem
 
@@ -620,6 +621,7 @@ def solve(
     max_latency_ratio: float | None = None,
     max_train_memory: int | None = None,
     batch_size: int = 2,
+    runtime: str = "torch",
 ) -> SolveResult:
     """Enumerate the design space around ``base`` and return the cost-matched, constrained, ranked candidates.
 
@@ -627,8 +629,8 @@ def solve(
     depth of each stage (an int for all stages, or one value or None per stage). ``stems`` limits
     the stems (codes like ``k3s1p`` / ``s12p``). ``profile`` is a latency table
     (:func:`bhsearch.latency.load_table`); it enables ``match="latency"``, ``sort="latency"``
-    and ``max_latency_ratio``. ``max_train_memory`` (bytes) bounds the analytic training-step
-    memory at ``batch_size``. Raises :class:`InfeasibleError` when nothing is left.
+    and ``max_latency_ratio``, predicted from the table's ``runtime`` entries (torch or onnxruntime).
+    ``max_train_memory`` (bytes) bounds the analytic training-step memory at ``batch_size``. Raises :class:`InfeasibleError` when nothing is left.
     """
     base = get_spec(base)
     size = parse_input_size(input_size)
@@ -696,7 +698,7 @@ def solve(
         import bhsearch.latency as latency
 
         table = latency.load_table(profile)
-    costing = _Costing(size, ds.family, table, max_train_memory is not None or sort == "memory", batch_size)
+    costing = _Costing(size, ds.family, table, max_train_memory is not None or sort == "memory", batch_size, runtime)
 
     base_bottom = _bottom_count(ds, adapter, base)
     base_vec = costing.vector(base, base_bottom)

@@ -91,9 +91,10 @@ def test_units_odd_sizes_match_builder():
         assert tuple(out["c5"].shape[1:]) == units[-1].out_shape
 
 
-def test_unsupported_family_is_a_usage_error():
-    with pytest.raises(UsageError, match="hrnet"):
-        network_units("hrnet18", "64x64")
+def test_hrnet_training_memory_is_a_usage_error():
+    assert network_units("hrnet18", "64x64")  # hrnet specs are profiled; their training memory is not modelled
+    with pytest.raises(UsageError, match="resnet-family"):
+        train_memory_bytes("hrnet18", "64x64")
 
 
 # --------------------------------------------------------------------------- predictor
@@ -131,6 +132,7 @@ def test_prediction_needs_no_torch():
     code = (
         "import sys; from bhsearch.latency import predict_latency, train_memory_bytes, network_units;"
         "train_memory_bytes('bh-resnet50', '640x512', 2); network_units('resnet50', '640x512');"
+        "network_units('hrnet32', '640x512'); from bhsearch.latency import assess, LatencyTable;"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -301,5 +303,394 @@ def test_cli_profile_and_refusal(tmp_path):
     r = _cli(*common, "--threads", "1", "--batch-size", "2")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "batch_size" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("profile", "--base", "hrnet18", "--input", "32x32", "--out", str(tmp_path / "h.json"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = _cli("profile", "--base", "hrnet18", "--input", "32x32", "--out", str(tmp_path / "h.json"), "--clock", "cpu")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--threads 1" in r.stderr
+    r = _cli("profile", "--help")
+    assert r.returncode == 0 and "--clock cpu" in r.stdout and "uptime" in r.stdout and "--threads 1" in r.stdout
+
+
+# --------------------------------------------------------------------------- quality of a table
+
+from bhsearch.latency.table import CPU_WALL_MIN, LOAD_SLACK, SPREAD_LIMIT, assess  # noqa: E402
+
+
+def _codes(table) -> list[str]:
+    return [w["code"] for w in assess(table)]
+
+
+def _with_spreads(table, unit_spread, network_spread=None):
+    for entry in table.units.values():
+        entry["inference_spread"] = entry["train_spread"] = unit_spread
+    if network_spread is not None:
+        for entry in table.overhead.values():
+            entry["networks"] = [{"spec": "a", "inference_spread": network_spread, "train_spread": 0.0}]
+    return table
+
+
+def test_clean_table_has_no_warnings_and_quality_round_trips(tmp_path):
+    table = _with_spreads(_synthetic_table([TINY]), 0.02, 0.03)
+    table.quality["runs"] = [
+        {"started": "t0", "runtime": "torch", "threads": 1, "clock": "wall", "cpus": 4, "load_start": 0.1,
+         "load_end": 1.05, "wall_s": 600.0, "timed_wall_s": 10.0, "timed_cpu_s": 9.95}
+    ]  # fmt: skip
+    assert assess(table) == [] and table.warnings == []
+    path = table.save(tmp_path / "t.json")
+    data = json.loads(path.read_text())
+    assert data["quality"]["warnings"] == [] and data["quality"]["runs"] == table.quality["runs"]
+    assert data["quality"]["spread"]["torch"]["units_inference"] == pytest.approx(0.02)
+    assert load_table(path).quality["runs"] == table.quality["runs"]
+
+
+def test_high_spread_warns_once_per_runtime():
+    table = _with_spreads(_synthetic_table([TINY]), SPREAD_LIMIT + 0.05)
+    warnings = assess(table)
+    assert [w["code"] for w in warnings] == ["spread"]
+    assert "units inference 15 %" in warnings[0]["message"] and "units train 15 %" in warnings[0]["message"]
+    # a few noisy units do not mark the table: the median over its units does
+    table = _with_spreads(_synthetic_table([TINY]), 0.01)
+    next(iter(table.units.values()))["inference_spread"] = 3.0
+    assert _codes(table) == []
+    # whole networks alone
+    table = _with_spreads(_synthetic_table([TINY]), 0.01, network_spread=0.4)
+    warnings = assess(table)
+    assert _codes(table) == ["spread"] and "whole networks inference 40 %" in warnings[0]["message"]
+
+
+def test_negative_overhead_warns():
+    table = _synthetic_table([TINY], overhead=(0.001, -0.004))
+    warnings = assess(table)
+    assert _codes(table) == ["negative-overhead"]
+    assert "64x48" in warnings[0]["message"] and "train -4.00 ms" in warnings[0]["message"]
+    assert "inference" not in warnings[0]["message"].split("(")[1]
+
+
+def _run(**kw):
+    return {"started": "t0", "runtime": "torch", "threads": 1, "clock": "wall", "cpus": 2, "load_start": 0.0,
+            "load_end": 0.0, "wall_s": 120.0, "timed_wall_s": 1.0, "timed_cpu_s": 1.0, **kw}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("run", "codes"),
+    [
+        (_run(), []),
+        (_run(load_start=1.0 + LOAD_SLACK - 0.01), []),  # one free core for one thread, other load just under it
+        (_run(load_start=1.0 + LOAD_SLACK + 0.01), ["loaded"]),
+        # at the end the profile's own thread counts: 1 - exp(-2) = 0.865 of it after 120 s
+        (_run(load_end=1.0 + LOAD_SLACK + 0.8), []),
+        (_run(load_end=1.0 + LOAD_SLACK + 0.9), ["loaded"]),
+        (_run(threads=2, load_start=0.6), ["loaded"]),  # all cores used by the profile: any other load counts
+        (_run(timed_cpu_s=CPU_WALL_MIN - 0.01), ["off-cpu"]),
+        (_run(timed_cpu_s=0.5, clock="cpu"), []),  # the thread CPU clock is not inflated by waiting
+        (_run(load_start=3.0, load_end=3.0, timed_cpu_s=0.4), ["loaded", "off-cpu"]),
+        (_run(cpus=None, load_start=None, load_end=None), []),  # readings unavailable: nothing to judge
+    ],
+)
+def test_load_and_cpu_time_warnings(run, codes):
+    table = _synthetic_table([TINY])
+    table.quality["runs"] = [run]
+    assert _codes(table) == codes
+    if codes:
+        assert all("\n" not in w["message"] for w in assess(table))
+
+
+def test_old_table_without_quality_fields_loads(tmp_path):
+    table = _synthetic_table([TINY], overhead=(0.005, -0.001))
+    data = table.to_dict()
+    del data["quality"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = load_table(path)
+    assert old.quality == {} and predict_latency(TINY, SIZE, old) == predict_latency(TINY, SIZE, table)
+    assert _codes(old) == ["negative-overhead"]  # spread and load are unknown; the overhead sign is not
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**data, "quality": {"runs": "yesterday"}}))
+    with pytest.raises(UsageError, match="quality.runs"):
+        load_table(bad)
+
+
+def test_profile_records_spread_and_machine_readings(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from bhsearch.latency import profile as prof
+
+    loads = iter([0.25, 7.5, 0.0, 0.0])
+    monkeypatch.setattr(prof, "load_average", lambda: next(loads))
+    monkeypatch.setattr(prof, "available_cpus", lambda: 2)
+    out = tmp_path / "p.json"
+    table = prof.profile_space(TINY, SIZE, space=[TINY], out=out, warmup=0, reps=3, threads=1, overhead_networks=1)
+    (run,) = table.quality["runs"]
+    assert (run["load_start"], run["load_end"], run["cpus"], run["threads"], run["clock"]) == (0.25, 7.5, 2, 1, "wall")
+    assert run["timed_wall_s"] > 0 and run["timed_cpu_s"] > 0
+    for entry in table.units.values():
+        for mode in ("inference", "train"):
+            assert entry[f"{mode}_spread"] == pytest.approx(
+                (entry[f"{mode}_p90_s"] - entry[f"{mode}_p10_s"]) / entry[f"{mode}_s"]
+            )
+    (net,) = table.overhead[SIZE]["networks"]
+    assert net["inference_spread"] >= 0 and net["train_spread"] >= 0
+    assert "loaded" in _codes(load_table(out))  # injected end load: 7.5 on 2 cores
+    assert any("end 7.50" in w for w in json.loads(out.read_text())["quality"]["warnings"])
+    # resuming with nothing left to measure adds no run
+    prof.profile_space(TINY, SIZE, space=[TINY], out=out, warmup=0, reps=3, threads=1, overhead_networks=1)
+    assert len(load_table(out).quality["runs"]) == 1
+
+
+def test_cli_warns_about_a_marked_table(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from bhsearch.cli import main
+    from bhsearch.latency import profile as prof
+
+    monkeypatch.setattr(prof, "load_average", lambda: 9.0)
+    monkeypatch.setattr(prof, "available_cpus", lambda: 2)
+    out = tmp_path / "cli.json"
+    code = main(["profile", "--base", TINY.id, "--input", SIZE, "--out", str(out), "--warmup", "0", "--reps", "1",
+                 "--threads", "1", "--clock", "cpu", "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0
+    lines = [ln for ln in captured.err.splitlines() if "WARNING" in ln]
+    assert any(ln.startswith("bhsearch profile: WARNING: loaded machine") for ln in lines)
+    summary = json.loads(captured.out)
+    assert summary["warnings"] and summary["spread"]["torch"]["units_inference"] is not None
+
+    # count and solve warn when they predict from a marked table (here: a hand-made negative overhead)
+    marked = _synthetic_table([TINY, *_space_of(TINY)], overhead=(-0.001, 0.02)).save(tmp_path / "marked.json")
+    assert main(["count", TINY.id, "--input", SIZE, "--profile", str(marked), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "bhsearch count: WARNING: latency table" in captured.err and "negative overhead" in captured.err
+    assert json.loads(captured.out)["latency"]["table_warnings"]
+    assert (
+        main(["solve", "--base", TINY.id, "--input", SIZE, "--profile", str(marked), "--json", "--tolerance", "50"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert captured.err.count("bhsearch solve: WARNING: latency table") == 1
+    clean = _synthetic_table([TINY, *_space_of(TINY)]).save(tmp_path / "clean.json")
+    assert (
+        main(["solve", "--base", TINY.id, "--input", SIZE, "--profile", str(clean), "--json", "--tolerance", "50"]) == 0
+    )
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def _space_of(spec):
+    from bhsearch.latency import space_specs
+
+    return space_specs(spec)
+
+
+# --------------------------------------------------------------------------- HRNet units
+
+TINY_HRNET = get_spec("hrnet:w4:s22c8:2b8:1x2.2:2x1.1.1:1x1.1.1.1")
+
+
+def _hook_flops(module, inputs):
+    """Paper FLOPs, conv MACs and params of ``module`` on ``inputs`` counted by forward hooks on the
+    built torch modules (an independent route from the closed form of bhsearch.cost)."""
+    import torch
+    from torch import nn
+
+    totals = {"macs": 0, "flops": 0}
+
+    def hook(mod, args, out):
+        if isinstance(mod, nn.Conv2d):
+            macs = out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+            totals["macs"] += macs
+            totals["flops"] += macs
+        elif isinstance(mod, nn.BatchNorm2d):
+            totals["flops"] += 2 * out.numel()
+        elif isinstance(mod, nn.ReLU):
+            totals["flops"] += out.numel()
+        elif isinstance(mod, nn.MaxPool2d):
+            totals["flops"] += args[0].numel()
+        elif isinstance(mod, nn.Upsample):
+            totals["flops"] += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()]
+    with torch.no_grad():
+        module.eval()(inputs)
+    for h in handles:
+        h.remove()
+    totals["params"] = sum(p.numel() for p in module.parameters())
+    return totals
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["s22", "s12p"])
+def test_hrnet_units_cover_the_whole_network(pool):
+    torch = pytest.importorskip("torch")
+    from bhsearch.cost import count
+    from bhsearch.latency.measure import _input, build_unit, unit_input_shape
+    from bhsearch.models import build_backbone
+
+    spec = TINY_HRNET.replace(stem_strides=(1, 2), pool_after_stage1=True) if pool else TINY_HRNET
+    size = "41x30"  # odd sizes: every stride-2 conv rounds up, fuse up-sampling overshoots and is cropped
+    units = network_units(spec, size)
+    from bhsearch.cost_hrnet import hrnet_units
+    from bhsearch.latency.units import hrnet_unit_key
+
+    w, h = (int(v) for v in size.split("x"))
+    assert [u.key for u in units] == [hrnet_unit_key(item.unit) for item in hrnet_units(spec, (w, h))]  # same order
+    torch.manual_seed(0)
+    per_unit = {}
+    for unit in units:
+        if unit.key not in per_unit:
+            shape = unit_input_shape(unit, 1)
+            per_unit[unit.key] = _hook_flops(build_unit(unit), _input(shape, torch.device("cpu"), torch.float32, False))
+    summed = {k: sum(per_unit[u.key][k] for u in units) for k in ("macs", "flops", "params")}
+    whole = _hook_flops(build_backbone(spec), torch.randn(1, 3, 30, 41))
+    report = count(spec, size)
+    assert summed == whole  # the units are the network, module for module
+    assert (summed["macs"], summed["flops"], summed["params"]) == (report.macs, report.flops, report.params)
+    # the kinds of unit a table needs, each timed once and reused
+    kinds = {u.to_dict()["kind"] for u in units}
+    assert kinds >= {"hrnet-stem", "hrnet-block", "hrnet-transition", "hrnet-fuse"} | (
+        {"hrnet-pool"} if pool else set()
+    )
+    assert len({u.key for u in units}) < len(units)
+
+
+def test_hrnet_units_round_trip_and_predict_from_a_table(tmp_path):
+    from bhsearch.latency.units import unit_from_dict
+
+    units = network_units(TINY_HRNET, SIZE)
+    for unit in units:
+        assert unit_from_dict(json.loads(json.dumps(unit.to_dict()))) == unit
+    table = _synthetic_table([TINY_HRNET])
+    ms = {key: entry["inference_s"] for key, entry in table.units.items()}
+    assert predict_latency(TINY_HRNET, SIZE, table) == pytest.approx(sum(ms[u.key] for u in units) + 0.005)
+    # one more module in stage 3 adds its branch blocks and its fuse layers, nothing else
+    st = TINY_HRNET.stages[1]
+    deeper = TINY_HRNET.replace(stages=(TINY_HRNET.stages[0], st.__class__(st.modules + 1, st.blocks, st.widths, st.block),
+                                        TINY_HRNET.stages[2]))  # fmt: skip
+    extra = [u for u in network_units(deeper, SIZE) if u.key.startswith(("hrnet-basic", "hrnet-fuse"))]
+    added = sum(ms[u.key] for u in extra) - sum(
+        ms[u.key] for u in units if u.key.startswith(("hrnet-basic", "hrnet-fuse"))
+    )
+    assert predict_latency(deeper, SIZE, table) - predict_latency(TINY_HRNET, SIZE, table) == pytest.approx(added)
+    # the solver ranks the hrnet space by predicted latency from a table of the space's units
+    import bhsearch
+
+    space_table = _synthetic_table(_space_of(TINY_HRNET))
+    result = bhsearch.solve(
+        TINY_HRNET, SIZE, match="latency", profile=space_table.save(tmp_path / "t.json"), tolerance=80
+    )
+    assert result.base.latency == pytest.approx(predict_latency(TINY_HRNET, SIZE, space_table))
+
+
+def test_profile_hrnet_space(tmp_path):
+    pytest.importorskip("torch")
+    from bhsearch.latency import distinct_units, profile_space, space_specs
+
+    specs = space_specs(TINY_HRNET)
+    assert len(specs) == 3  # the base and one per stem of spaces/hrnet.yaml
+    table = profile_space(TINY_HRNET, SIZE, out=tmp_path / "h.json", warmup=0, reps=1, threads=1, overhead_networks=1)
+    assert set(table.units) == {u.key for u in distinct_units(specs, SIZE)}
+    for spec in specs:  # every representative, hence every candidate of the space, is predicted
+        assert math.isfinite(predict_latency(spec, SIZE, table))
+        assert math.isfinite(predict_latency(spec, SIZE, table, mode="train"))
+    entry = next(e for k, e in table.units.items() if k.startswith("hrnet-fuse"))
+    assert entry["train_peak_bytes"] > 0 and entry["inference_s"] > 0
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+def test_onnxruntime_entries_live_beside_torch_ones(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from bhsearch.cli import main
+    from bhsearch.latency import profile_space
+
+    out = tmp_path / "rt.json"
+    kw = dict(space=[TINY_HRNET], out=out, warmup=0, reps=1, threads=1, overhead_networks=1)
+    profile_space(TINY_HRNET, SIZE, **kw)
+    table = profile_space(TINY_HRNET, SIZE, runtime="onnxruntime", **kw)
+    keys = {u.key for u in network_units(TINY_HRNET, SIZE)}
+    assert set(table.units) == keys | {f"{k}@onnxruntime" for k in keys}
+    assert table.runtimes == ["torch", "onnxruntime"] and f"{SIZE}@onnxruntime" in table.overhead
+    assert table.settings["onnxruntime_version"]
+    assert all("train_s" not in e for k, e in table.units.items() if k.endswith("@onnxruntime"))
+    loaded = load_table(out)
+    assert math.isfinite(predict_latency(TINY_HRNET, SIZE, loaded, runtime="onnxruntime"))
+    assert predict_latency(TINY_HRNET, SIZE, loaded) == predict_latency(TINY_HRNET, SIZE, table)
+    with pytest.raises(UsageError, match="inference only"):
+        predict_latency(TINY_HRNET, SIZE, loaded, mode="train", runtime="onnxruntime")
+    with pytest.raises(UsageError, match="runtime"):
+        predict_latency(TINY_HRNET, SIZE, loaded, runtime="tensorrt")
+    with pytest.raises(UsageError, match="--runtime onnxruntime"):
+        predict_latency(TINY, SIZE, _synthetic_table([TINY]), runtime="onnxruntime")
+    assert len(loaded.quality["runs"]) == 2 and loaded.quality["runs"][1]["runtime"] == "onnxruntime"
+    code = main(["count", TINY_HRNET.id, "--input", SIZE, "--profile", str(out), "--runtime", "onnxruntime", "--json"])
+    latency = json.loads(capsys.readouterr().out)["latency"]
+    assert code == 0 and latency["runtime"] == "onnxruntime" and latency["measured"]["runtime"] == "onnxruntime"
+    assert latency["predicted_train_s"] is None and math.isfinite(latency["predicted_inference_s"])
+
+
+def test_missing_onnxruntime_is_one_line_exit_2(tmp_path):
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None; from bhsearch.cli import main;"
+        f"sys.exit(main(['profile', '--base', {TINY.id!r}, '--input', '32x32', '--out', {str(tmp_path / 'x.json')!r},"
+        "'--runtime', 'onnxruntime', '--threads', '1']))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "onnxruntime" in r.stderr and "pip install" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cuda_event_timing_path_with_mocked_cuda(monkeypatch):
+    """The CUDA branch of time_callable (events, synchronize), exercised without a GPU."""
+    torch = pytest.importorskip("torch")
+    from bhsearch.latency import measure
+
+    elapsed = iter([2.0, 4.0, 3.0])  # milliseconds, as CUDA events report
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return next(elapsed)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    calls = []
+    account = measure.CpuAccount()
+    times = measure.time_callable(lambda: calls.append(1), torch.device("cuda", 0), 1, 3, account=account)
+    assert times == [0.002, 0.004, 0.003] and len(calls) == 4 and account.wall_s > 0
+    assert measure.summarize(times)["median_s"] == 0.003
+    with pytest.raises(UsageError, match="cpu only"):
+        measure.check_runtime("onnxruntime", "inference", torch.device("cuda", 0))
+
+
+@pytest.mark.slow
+def test_compile_runtime_times_a_unit():
+    """``--runtime compile``: torch.compile (inductor) of one unit; compiling takes ~1-2 min on this CPU."""
+    torch = pytest.importorskip("torch")
+    from bhsearch.latency.measure import build_unit, time_module
+
+    unit = network_units(TINY, "32x32")[1]
+    r = time_module(build_unit(unit), (1, *unit.in_shape), torch.device("cpu"), torch.float32, warmup=0, reps=2,
+                    runtime="compile")  # fmt: skip
+    assert r["reps"] == 2 and r["median_s"] > 0
+    with pytest.raises(UsageError, match="inference only"):
+        time_module(build_unit(unit), (1, *unit.in_shape), torch.device("cpu"), torch.float32, "train",
+                    runtime="compile")  # fmt: skip
+
+
+def test_solve_with_an_hrnet_profile_does_not_import_torch(tmp_path):
+    path = _synthetic_table(_space_of(TINY_HRNET), overhead=(-0.001, 0.0)).save(tmp_path / "h.json")
+    code = (
+        "import sys, io, contextlib\n"
+        "from bhsearch.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['solve', '--base', {TINY_HRNET.id!r}, '--input', {SIZE!r}, '--profile', {str(path)!r},"
+        " '--match', 'latency', '--tolerance', '80', '--json']) == 0\n"
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    assert "bhsearch solve: WARNING" in proc.stderr and "negative overhead" in proc.stderr

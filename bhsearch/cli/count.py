@@ -21,7 +21,9 @@ output elements of every convolution, in millions.
 --verify builds the network and counts it with fvcore (conv/linear MACs, its batch-norm term left
 out) and ptflops (aten backend for MACs; pytorch backend, count_functional=False, for paper
 FLOPs); exit code 1 if anything differs. --profile FILE adds the latency predicted from a
-'bhsearch profile' table next to a measurement on the table's device.
+'bhsearch profile' table next to a measurement on the table's device (--runtime selects the
+table's torch or onnxruntime entries); a table marked by its quality checks is warned about on
+stderr.
 """
 
 
@@ -37,6 +39,12 @@ def register(subparsers) -> None:
     p.add_argument("--num-classes", metavar="N", help="add a classifier head (global pool + linear), ResNet only")
     p.add_argument("--verify", action="store_true", help="cross-check with fvcore and ptflops on the built module")
     p.add_argument("--profile", metavar="FILE", help="latency table: print predicted and measured latency")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime", "compile"],
+        help="runtime of the table entries to predict from and to measure in (default torch)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -105,6 +113,14 @@ def verify_table(result):
     return table
 
 
+def warn_marked_table(table, command: str) -> None:
+    """One stderr line per quality warning of a latency table predicted from."""
+    import sys
+
+    for w in table.warnings:
+        print(f"bhsearch {command}: WARNING: latency table {table.path} is marked: {w['message']}", file=sys.stderr)
+
+
 def run(args) -> int:
     import json
 
@@ -127,15 +143,20 @@ def run(args) -> int:
         import bhsearch.latency as lat
 
         table = lat.load_table(args.profile)
-        predicted = {mode: lat.predict_latency(spec, size, table, mode) for mode in ("inference", "train")}
-        measured = lat.measure_latency(spec, size, **table.measure_kwargs())
+        warn_marked_table(table, "count")
+        rt = args.runtime
+        predicted = {"inference": lat.predict_latency(spec, size, table, "inference", runtime=rt)}
+        predicted["train"] = lat.predict_latency(spec, size, table, "train") if rt == "torch" else None
+        measured = lat.measure_latency(spec, size, **table.measure_kwargs(), runtime=rt)
         latency = {
             "table": str(args.profile),
+            "runtime": rt,
             "predicted_inference_s": predicted["inference"],
             "predicted_train_s": predicted["train"],
             "measured_inference_s": measured["median_s"],
             "measured": measured,
             "error": predicted["inference"] / measured["median_s"] - 1,
+            "table_warnings": [w["message"] for w in table.warnings],
         }
         out["latency"] = latency
 
@@ -160,8 +181,13 @@ def run(args) -> int:
             console.print(
                 f"latency ({m.get('device_name', m.get('device'))}, batch {m.get('batch_size')}, {m.get('dtype')}): "
                 f"predicted {1e3 * latency['predicted_inference_s']:.1f} ms, measured "
-                f"{1e3 * latency['measured_inference_s']:.1f} ms (median), error {100 * latency['error']:+.1f}%; "
-                f"predicted train step {1e3 * latency['predicted_train_s']:.1f} ms"
+                f"{1e3 * latency['measured_inference_s']:.1f} ms (median), error {100 * latency['error']:+.1f}%"
+                + (
+                    ""
+                    if latency["predicted_train_s"] is None
+                    else f"; predicted train step {1e3 * latency['predicted_train_s']:.1f} ms"
+                )
+                + ("" if latency["runtime"] == "torch" else f" ({latency['runtime']})")
             )
     if verified is not None and not verified["ok"]:
         failed = ", ".join(k for k, v in verified["checks"].items() if not v)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 ORDER = 30
@@ -15,6 +16,27 @@ training-step (forward + backward) time as the median of REPS runs after WARMUP 
 memory. A per-network overhead term is measured on whole networks. The table is written after
 every unit; with --resume (the default) an interrupted profile continues where it stopped.
 Use the table with `bhsearch solve --profile FILE` and `bhsearch count SPEC --profile FILE`.
+Bases: resnet and hrnet families. --runtime onnxruntime adds inference times of the units exported
+to ONNX and run in onnxruntime (intra-op threads = --threads, sequential execution) to the same
+table; --runtime compile those of torch.compile'd units (inductor; compiling takes about a
+minute per unit on a CPU). `count/solve --runtime RUNTIME` predict from them.
+
+Every unit and whole network keeps the relative spread of its repetitions, (p90 - p10) / median.
+A profile is marked (one WARNING line per problem on stderr, and in the table's "quality" field,
+which `count --profile` and `solve --profile` repeat) when the median spread of its units or whole
+networks exceeds 10 %, when an overhead term is negative, when the 1-minute load average of other
+processes at its start or end exceeded the cores free for its threads by more than 0.5, or (wall
+clock) when its process used < 0.9 s of CPU time per second of its timed passes.
+"""
+
+EPILOG = """getting a clean table:
+  1. check the machine is idle first: `uptime` (1-min load average well below the cores left
+     free for --threads), and keep it idle while profiling;
+  2. time one thread with its own CPU time, which other processes do not inflate:
+       uptime && bhsearch profile --base resnet50 --input 640x512 --threads 1 --clock cpu \\
+           --out profiles/cpu.json --no-resume
+  3. read the summary: no WARNING lines, spread of units and networks a few percent.
+  A marked table still predicts, but its ranks are not to be trusted; profile it again.
 """
 
 
@@ -23,6 +45,7 @@ def register(subparsers) -> None:
         "profile",
         help="measure unit latencies of a design space into a lookup table",
         description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--base", default="resnet50", help="base spec (name, id or file); default resnet50")
@@ -40,6 +63,14 @@ def register(subparsers) -> None:
         choices=["wall", "cpu"],
         help="CPU timer: wall time (default) or this thread's CPU time, robust on a busy machine (needs --threads 1)",
     )
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime", "compile"],
+        help="runtime to time the units in: torch (default), onnxruntime (CPU, inference only; needs the "
+        "'export' extra) or compile (torch.compile, inference only; minutes of compiling per unit on CPU); "
+        "one table holds several",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing; default 1")
     p.add_argument("--reps", type=int, default=5, help="timed runs, the median is kept; default 5")
     p.add_argument(
@@ -55,6 +86,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from bhsearch.fileio import check_writable
     from bhsearch.latency import network_units, predict_latency, profile_space
+    from bhsearch.latency.table import spread_summary
     from bhsearch.spec import get_spec
 
     base = get_spec(args.base)
@@ -72,27 +104,40 @@ def run(args) -> int:
         threads=args.threads,
         norm=args.norm,
         clock=args.clock,
+        runtime=args.runtime,
         out=args.out,
         resume=args.resume,
         progress=not args.json,
     )
     elapsed = time.perf_counter() - t0
+    rt = args.runtime
+    warnings = [w["message"] for w in table.warnings]
     summary = {
         "table": str(table.path),
         "settings": table.settings,
+        "runtime": rt,
+        "runtimes": table.runtimes,
         "units": len(table.units),
         "seconds": round(elapsed, 2),
         "base": base.id,
         "base_units": len(network_units(base, args.input)),
-        "predicted_inference_s": predict_latency(base, args.input, table, "inference"),
-        "predicted_train_s": predict_latency(base, args.input, table, "train"),
+        "predicted_inference_s": predict_latency(base, args.input, table, "inference", runtime=rt),
+        "predicted_train_s": predict_latency(base, args.input, table, "train") if rt == "torch" else None,
         "overhead": {k: {m: v.get(f"{m}_s") for m in ("inference", "train")} for k, v in table.overhead.items()},
+        "spread": spread_summary(table),
+        "warnings": warnings,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
-    _print_summary(table, summary)
+    else:
+        _print_summary(table, summary)
+    for message in warnings:
+        print(f"bhsearch profile: WARNING: {message}", file=sys.stderr)
     return 0
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
 
 
 def _print_summary(table, summary) -> None:
@@ -101,14 +146,18 @@ def _print_summary(table, summary) -> None:
 
     console = Console()
     units = Table(title=f"latency table {summary['table']}", show_lines=False)
-    for col in ("unit", "inference ms", "train-step ms", "train peak MB"):
+    cols = ("unit", "inference ms", "spread %", "train-step ms", "spread %", "train peak MB")
+    for col in cols:
         units.add_column(col, justify="left" if col == "unit" else "right", overflow="fold")
     for key, entry in table.units.items():
+        train = entry.get("train_s")
         units.add_row(
             key,
             f"{entry['inference_s'] * 1e3:.2f}",
-            f"{entry['train_s'] * 1e3:.2f}",
-            f"{entry.get('train_peak_bytes', 0) / 2**20:.1f}",
+            _pct(entry.get("inference_spread")),
+            "–" if train is None else f"{train * 1e3:.2f}",
+            _pct(entry.get("train_spread")),
+            "–" if "train_peak_bytes" not in entry else f"{entry['train_peak_bytes'] / 2**20:.1f}",
         )
     console.print(units)
     s = table.settings
@@ -118,10 +167,21 @@ def _print_summary(table, summary) -> None:
         f"{summary['units']} units, profiled in {summary['seconds']:.1f} s"
     )
     for size, terms in summary["overhead"].items():
-        console.print(
-            f"overhead term at {size}: inference {terms['inference'] * 1e3:.2f} ms, train {terms['train'] * 1e3:.2f} ms"
-        )
+        parts = [f"{m} {terms[m] * 1e3:.2f} ms" for m in ("inference", "train") if terms.get(m) is not None]
+        console.print(f"overhead term at {size}: {', '.join(parts)}")
+        for net in table.overhead[size].get("networks", []):
+            spreads = [f"{m} {_pct(net.get(f'{m}_spread'))} %" for m in ("inference", "train") if f"{m}_spread" in net]
+            if spreads:
+                console.print(f"  whole network {net['spec']}: spread {', '.join(spreads)}")
+    for runtime, row in summary["spread"].items():
+        parts = [f"{k.replace('_', ' ')} {_pct(v)} %" for k, v in row.items()]
+        console.print(f"median spread (p90-p10)/median, {runtime}: {', '.join(parts)}")
+    train = summary["predicted_train_s"]
     console.print(
-        f"predicted {summary['base']}: inference {summary['predicted_inference_s'] * 1e3:.1f} ms, "
-        f"train step {summary['predicted_train_s'] * 1e3:.1f} ms"
+        f"predicted {summary['base']} ({summary['runtime']}): inference {summary['predicted_inference_s'] * 1e3:.1f} ms"
+        + ("" if train is None else f", train step {train * 1e3:.1f} ms")
     )
+    if summary["warnings"]:
+        console.print(f"[bold red]{len(summary['warnings'])} quality warning(s): see stderr[/]")
+    else:
+        console.print("quality: no warnings")

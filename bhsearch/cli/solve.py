@@ -152,6 +152,12 @@ def register(subparsers) -> None:
     p.add_argument("--max-activations-ratio", metavar="R", help="max conv output elements as a ratio to the base's")
     p.add_argument("--stems", metavar="CODES", help="allowed stems, comma-separated codes (k7s2p, k3s1p, s22, s12p...)")
     p.add_argument("--profile", metavar="FILE", help="latency table from 'bhsearch profile': adds predicted latency")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime", "compile"],
+        help="runtime of the --profile entries to predict from (default torch)",
+    )
     p.add_argument("--max-latency-ratio", metavar="R", help="max predicted latency as a ratio to the base's")
     p.add_argument("--max-train-memory", metavar="SIZE", help="max analytic training-step memory, e.g. 8GB or 7.5GiB")
     p.add_argument("--batch-size", default="2", metavar="N", help="batch size for --max-train-memory (default 2)")
@@ -183,6 +189,7 @@ def solve_from_args(args):
         top=top,
         sort=args.sort,
         profile=args.profile,
+        runtime=args.runtime,
         max_latency_ratio=parse_float(args.max_latency_ratio, "--max-latency-ratio", strict=True)
         if args.max_latency_ratio
         else None,
@@ -294,6 +301,11 @@ def run(args) -> int:
         from bhsearch.fileio import check_writable
 
         check_writable(args.csv, "--csv", is_dir=False)  # before solving
+    if args.profile:
+        from bhsearch.cli.count import warn_marked_table
+        from bhsearch.latency import load_table
+
+        warn_marked_table(load_table(args.profile), "solve")
     result = solve_from_args(args)
     if args.csv:
         write_csv(result, args.csv)

@@ -3,14 +3,20 @@
 Times are wall-clock per call on CPU (``time.perf_counter``; ``clock="cpu"`` uses the calling
 thread's CPU time instead, which other processes on a shared machine do not inflate, valid with one
 intra-op thread) and CUDA events on GPU, after
-warm-up, summarised by the median and the 10th/90th percentiles. Memory on GPU comes from the
+warm-up, summarised by the median and the 10th/90th percentiles. ``runtime="onnxruntime"`` times
+the module exported to ONNX (``torch.onnx.export(dynamo=False)``) in an onnxruntime CPU session with
+``intra_op_num_threads`` = the thread count and sequential execution (inference only);
+``runtime="compile"`` times ``torch.compile(module)`` (inductor; compiled during warm-up, inference
+only). Memory on GPU comes from the
 CUDA caching allocator (``max_memory_allocated``); on CPU from :class:`TensorMemoryTracker`, which
 follows every tensor storage created by an operator (forward and backward) until it is freed.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+import tempfile
 import time
 import weakref
 from collections.abc import Callable
@@ -22,7 +28,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from bhsearch.errors import UsageError
-from bhsearch.latency.units import DTYPE_BYTES, BlockUnit, StemUnit, Unit
+from bhsearch.latency.table import RUNTIMES
+from bhsearch.latency.units import DTYPE_BYTES, BlockUnit, HRNetUnit, StemUnit, Unit
 from bhsearch.spec import ResNetSpec, Spec, get_spec, parse_input_size
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -131,14 +138,34 @@ def check_clock(clock: str) -> None:
         raise UsageError("clock 'cpu' measures the calling thread only: use it with --threads 1")
 
 
+class CpuAccount:
+    """Wall time and process CPU time (all threads) spent in timed passes, summed over calls of
+    :func:`time_callable`; ``ratio`` below 1 with one thread means the process waited for a core."""
+
+    def __init__(self) -> None:
+        self.wall_s = 0.0
+        self.cpu_s = 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else None
+
+
 def time_callable(
-    fn: Callable[[], Any], device: torch.device, warmup: int = 2, reps: int = 7, clock: str = "wall"
+    fn: Callable[[], Any],
+    device: torch.device,
+    warmup: int = 2,
+    reps: int = 7,
+    clock: str = "wall",
+    account: CpuAccount | None = None,
 ) -> list[float]:
     """Seconds per call of ``fn`` for ``reps`` calls after ``warmup`` untimed ones (CUDA events on GPU,
-    else ``clock``: wall time or the calling thread's CPU time)."""
+    else ``clock``: wall time or the calling thread's CPU time). ``account`` adds the timed passes'
+    wall and process CPU time."""
     for _ in range(warmup):
         fn()
     times = []
+    w0, c0 = time.perf_counter(), time.process_time()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         for _ in range(reps):
@@ -155,6 +182,9 @@ def time_callable(
             t0 = timer()
             fn()
             times.append(timer() - t0)
+    if account is not None:
+        account.wall_s += time.perf_counter() - w0
+        account.cpu_s += time.process_time() - c0
     return times
 
 
@@ -167,14 +197,18 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def summarize(times: list[float]) -> dict[str, Any]:
-    """Median, p10, p90, mean and min of a list of seconds."""
+    """Median, p10, p90, mean, min and relative spread ((p90 - p10) / median) of a list of seconds."""
+    from bhsearch.latency.table import spread
+
     s = sorted(times)
+    median, p10, p90 = _percentile(s, 0.5), _percentile(s, 0.1), _percentile(s, 0.9)
     return {
-        "median_s": _percentile(s, 0.5),
-        "p10_s": _percentile(s, 0.1),
-        "p90_s": _percentile(s, 0.9),
+        "median_s": median,
+        "p10_s": p10,
+        "p90_s": p90,
         "mean_s": sum(s) / len(s),
         "min_s": s[0],
+        "spread": spread(p10, p90, median),
         "reps": len(s),
     }
 
@@ -203,7 +237,7 @@ def _step_fn(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], Any]
 
     def train_step() -> None:
         module.zero_grad(set_to_none=True)
-        x.grad = None
+        _clear_grad(x)
         made = _backward(module(x), grads[0] if grads else None)
         if not grads:
             grads.append(made)
@@ -211,14 +245,98 @@ def _step_fn(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], Any]
     return train_step
 
 
-def _input(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, requires_grad: bool) -> torch.Tensor:
+def _clear_grad(x: Any) -> None:
+    for t in x if isinstance(x, list) else [x]:
+        t.grad = None
+
+
+def _multi(shape: Any) -> bool:
+    """True for a list of shapes (a unit with several inputs: HRNet transitions and fuse layers)."""
+    return bool(shape) and not isinstance(shape[0], int)
+
+
+def _input(shape: Any, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> Any:
+    """A random tensor of ``shape``, or a list of them for a list of shapes."""
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_(requires_grad)
+    shapes = list(shape) if _multi(shape) else [shape]
+    xs = [torch.randn(tuple(s), generator=gen).to(device=device, dtype=dtype).requires_grad_(requires_grad)
+          for s in shapes]  # fmt: skip
+    return xs if _multi(shape) else xs[0]
+
+
+def check_runtime(runtime: str, mode: str = "inference", device: torch.device | None = None) -> None:
+    """UsageError for an unknown runtime, a training step or CUDA under onnxruntime, or a missing onnxruntime."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if runtime == "torch":
+        return
+    if mode != "inference":
+        raise UsageError(f"runtime {runtime} times inference only; got mode {mode!r}")
+    if runtime == "compile":
+        return
+    if device is not None and device.type != "cpu":
+        raise UsageError(f"runtime {runtime} is profiled on cpu only; got device {device.type!r}")
+    onnxruntime_version()
+
+
+def onnxruntime_version() -> str:
+    """The installed onnxruntime's version; UsageError (one line) when onnxruntime or onnx is missing."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime
+    except ImportError as exc:
+        raise UsageError(
+            f"--runtime onnxruntime needs onnxruntime and onnx ({exc.name or exc} is missing): "
+            "pip install 'bhsearch[export]'"
+        ) from None
+    return str(onnxruntime.__version__)
+
+
+class _Flat(nn.Module):
+    """A module with positional tensor inputs and a tuple output, for ONNX export of list-in/list-out units."""
+
+    def __init__(self, module: nn.Module, multi: bool) -> None:
+        super().__init__()
+        self.module, self.multi = module, multi
+
+    def forward(self, *xs: torch.Tensor) -> Any:
+        out = self.module(list(xs) if self.multi else xs[0])
+        return tuple(out) if isinstance(out, (list, tuple)) else out
+
+
+def onnx_step(module: nn.Module, x: Any, threads: int) -> Callable[[], Any]:
+    """One inference pass of ``module`` on ``x`` in an onnxruntime CPU session (the module is exported
+    to ONNX with the TorchScript exporter in eval mode; ``intra_op_num_threads = threads``, sequential)."""
+    import warnings
+
+    import onnxruntime as ort
+
+    multi = isinstance(x, list)
+    xs = list(x) if multi else [x]
+    flat = _Flat(module.eval(), multi)
+    names = [f"x{i}" for i in range(len(xs))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "unit.onnx")
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(flat, tuple(xs), path, input_names=names, opset_version=17, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, xs, strict=True)}
+
+    def infer() -> Any:
+        return session.run(None, feeds)
+
+    return infer
 
 
 def time_module(
     module: nn.Module,
-    input_shape: tuple[int, ...],
+    input_shape: Any,
     device: torch.device,
     dtype: torch.dtype,
     mode: str = "inference",
@@ -226,14 +344,24 @@ def time_module(
     reps: int = 7,
     input_grad: bool = False,
     clock: str = "wall",
+    runtime: str = "torch",
+    account: CpuAccount | None = None,
 ) -> dict[str, Any]:
-    """Time ``module`` on a random ``input_shape`` batch: inference (no autograd) or a training step
-    (forward + backward; ``input_grad`` also computes the input's gradient, as inside a network)."""
+    """Time ``module`` on a random ``input_shape`` batch (a list of shapes for several inputs):
+    inference (no autograd) or a training step (forward + backward; ``input_grad`` also computes the
+    input's gradient, as inside a network). ``runtime="onnxruntime"``: inference in onnxruntime."""
     _check_mode(mode)
     _check_reps(warmup, reps)
+    check_runtime(runtime, mode, device)
     module = module.to(device=device, dtype=dtype)
     x = _input(input_shape, device, dtype, input_grad and mode == "train")
-    return summarize(time_callable(_step_fn(module, x, mode), device, warmup, reps, clock))
+    if runtime == "onnxruntime":
+        fn = onnx_step(module, x, torch.get_num_threads())
+    elif runtime == "compile":  # compiled on the first call: never time it
+        fn, warmup = _step_fn(torch.compile(module), x, mode), max(1, warmup)
+    else:
+        fn = _step_fn(module, x, mode)
+    return summarize(time_callable(fn, device, warmup, reps, clock, account))
 
 
 # --------------------------------------------------------------------------- memory
@@ -292,7 +420,7 @@ def memory_module(
     if mode == "train":  # output gradients exist before the step, like the next layer's
         grads = _backward(module(x), None)
         module.zero_grad(set_to_none=True)
-        x.grad = None
+        _clear_grad(x)
     grad_ctx = torch.enable_grad if mode == "train" else torch.inference_mode
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -324,9 +452,14 @@ def memory_module(
 
 
 def build_unit(unit: Unit, norm: str = "bn") -> nn.Module:
-    """The torch module of a unit, from the same building blocks as :mod:`bhsearch.models.resnet`."""
+    """The torch module of a unit, from the same building blocks as :mod:`bhsearch.models.resnet`
+    (HRNet units: :func:`bhsearch.models.hrnet.build_unit`)."""
     from bhsearch.models.resnet import make_stage, make_stem
 
+    if isinstance(unit, HRNetUnit):
+        from bhsearch.models.hrnet import build_unit as build_hrnet_unit
+
+        return build_hrnet_unit(unit.part, norm)[0]
     if isinstance(unit, StemUnit):
         stem_spec = ResNetSpec(
             stem_width=unit.stem_width,
@@ -343,7 +476,17 @@ def build_unit(unit: Unit, norm: str = "bn") -> nn.Module:
 
 def unit_input_grad(unit: Unit) -> bool:
     """Inside a network every unit but the stem gets an input that requires a gradient."""
+    if isinstance(unit, HRNetUnit):
+        return not unit.is_stem
     return not isinstance(unit, StemUnit)
+
+
+def unit_input_shape(unit: Unit, batch_size: int) -> Any:
+    """The batched input shape of a unit: a list of shapes for units that take a list of branches
+    (HRNet transitions and fuse layers), else one shape."""
+    shapes = [(batch_size, *s) for s in unit.in_shapes]
+    multi = isinstance(unit, HRNetUnit) and unit.part.kind in ("transition", "fuse")
+    return shapes if multi else shapes[0]
 
 
 def measure_latency(
@@ -358,10 +501,13 @@ def measure_latency(
     threads: int | None = None,
     norm: str = "bn",
     clock: str = "wall",
+    runtime: str = "torch",
+    account: CpuAccount | None = None,
 ) -> dict[str, Any]:
     """Measured end-to-end latency of the backbone for ``spec``: ``median_s``, ``p10_s``, ``p90_s``,
-    ``mean_s``, ``min_s``, ``reps`` and the settings it ran under. ``mode="train"`` times one
-    forward + backward step (batch-norm in training mode); ``clock`` see :func:`time_callable`."""
+    ``mean_s``, ``min_s``, ``spread``, ``reps`` and the settings it ran under. ``mode="train"`` times one
+    forward + backward step (batch-norm in training mode); ``clock`` see :func:`time_callable`;
+    ``runtime="onnxruntime"`` the backbone exported to ONNX in onnxruntime (inference)."""
     from bhsearch.models import build_backbone
 
     spec = get_spec(spec)
@@ -372,8 +518,12 @@ def measure_latency(
     n_threads = set_threads(threads)
     steady_allocator()
     torch.manual_seed(0)
+    check_runtime(runtime, mode, dev)
     model = build_backbone(spec, norm=norm)
-    result = time_module(model, (batch_size, 3, height, width), dev, tdtype, mode, warmup, reps, clock=clock)
+    if runtime != "torch":
+        model = _DictToTuple(model)
+    shape = (batch_size, 3, height, width)
+    result = time_module(model, shape, dev, tdtype, mode, warmup, reps, clock=clock, runtime=runtime, account=account)
     return {
         **result,
         "spec": spec.id,
@@ -386,7 +536,19 @@ def measure_latency(
         "threads": n_threads,
         "norm": norm,
         "clock": "cuda-events" if dev.type == "cuda" else clock,
+        "runtime": runtime,
     }
+
+
+class _DictToTuple(nn.Module):
+    """A backbone whose dict output becomes a tuple (ONNX graphs return tuples)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.backbone(x).values())
 
 
 def measure_latencies(
@@ -448,13 +610,17 @@ def measure_train_memory(
 
 
 __all__ = [
+    "CpuAccount",
     "TensorMemoryTracker",
     "build_unit",
+    "check_runtime",
     "device_name",
     "measure_latencies",
     "measure_latency",
     "measure_train_memory",
     "memory_module",
+    "onnx_step",
+    "onnxruntime_version",
     "resolve_device",
     "resolve_dtype",
     "set_threads",
@@ -463,4 +629,5 @@ __all__ = [
     "time_callable",
     "time_module",
     "unit_input_grad",
+    "unit_input_shape",
 ]

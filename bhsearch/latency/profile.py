@@ -4,10 +4,13 @@ Every distinct unit the space can produce is measured once (warm-up, repetitions
 inference and in a training step, with its memory; the table is rewritten after every unit, so a
 killed profile keeps what it measured and ``resume=True`` measures only what is missing. Then the
 per-network overhead term is measured on whole networks (end-to-end minus the sum of their units).
+Each run records the machine's load and, for the wall clock, the process CPU time per wall second of
+its timed passes in ``table.quality["runs"]`` (see :func:`bhsearch.latency.table.assess`).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -16,24 +19,38 @@ from pathlib import Path
 from typing import Any
 
 from bhsearch.errors import UsageError
-from bhsearch.latency.table import STATS, LatencyTable, load_table, size_key
+from bhsearch.latency.table import (
+    INFERENCE_ONLY_RUNTIMES,
+    RUNTIMES,
+    STATS,
+    LatencyTable,
+    load_table,
+    runtime_key,
+    size_key,
+)
 from bhsearch.latency.units import DTYPE_BYTES, Unit, network_units
-from bhsearch.spec import ResNetSpec, Spec, get_spec, parse_input_size
+from bhsearch.spec import HRNetSpec, HRStage, ResNetSpec, Spec, get_spec, parse_input_size
 
 
 def space_specs(base: Spec | str, space: Any = None) -> list[Spec]:
     """Specs whose units cover a design space: the base, then one spec per stem / stride pattern /
     widths of the space with two blocks in every stage (so each stage's first and repeated block
-    appear). ``space`` is a ``spaces/*.yaml`` file or None (the family's default space, both read by
-    :func:`bhsearch.solver.load_space`), or an iterable of specs / spec references."""
+    appear; HRNet: two stage-1 blocks, one module of one block per branch in every stage, which has
+    every branch block, transition and fuse unit of the space). ``space`` is a ``spaces/*.yaml`` file
+    or None (the family's default space, both read by :func:`bhsearch.solver.load_space`), or an
+    iterable of specs / spec references."""
     base = get_spec(base)
-    if not isinstance(base, ResNetSpec):
-        raise UsageError(f"latency profiles cover resnet-family bases; {base} is {base.family}")
+    if not isinstance(base, (ResNetSpec, HRNetSpec)):
+        raise UsageError(f"latency profiles cover resnet- and hrnet-family bases; {base} is {base.family}")
     if space is None or isinstance(space, (str, Path)):
         from bhsearch.solver import load_space
 
         design = load_space(space, base)
-        reps = [base.replace(blocks=(2,) * len(base.blocks), **glob) for glob in design.globals]
+        if isinstance(base, HRNetSpec):
+            stages = tuple(HRStage(1, (1,) * len(st.widths), st.widths, st.block) for st in base.stages)
+            reps = [base.replace(stage1_blocks=2, stages=stages, **glob) for glob in design.globals]
+        else:
+            reps = [base.replace(blocks=(2,) * len(base.blocks), **glob) for glob in design.globals]
     else:
         reps = [get_spec(s) for s in space]
     out = [base]
@@ -68,6 +85,7 @@ def profile_space(
     threads: int | None = None,
     norm: str = "bn",
     clock: str = "wall",
+    runtime: str = "torch",
     out: str | Path = "profiles/latency.json",
     resume: bool = True,
     overhead_networks: int = 2,
@@ -80,7 +98,8 @@ def profile_space(
     term, if missing) are measured; it must have been measured under the same settings. Without
     ``resume`` an existing table is replaced. ``on_unit(key, entry, done, total)`` is called after each
     unit is saved. ``overhead_networks`` whole networks (the base, then space variants) give the
-    per-network overhead term.
+    per-network overhead term. ``runtime`` (``RUNTIMES``) adds that runtime's entries to the table
+    (onnxruntime: inference only, keys ending in ``@onnxruntime``), so one table holds several.
     """
     width, height = parse_input_size(input_size)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -89,6 +108,8 @@ def profile_space(
         raise UsageError(f"dtype must be one of {', '.join(DTYPE_BYTES)}; got {dtype!r}")
     if not isinstance(warmup, int) or warmup < 0 or not isinstance(reps, int) or reps < 1:
         raise UsageError(f"warmup must be >= 0 and reps >= 1, got warmup={warmup!r}, reps={reps!r}")
+    if runtime not in RUNTIMES:
+        raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     specs = space_specs(base, space)
     out = Path(out)
     table = load_table(out) if resume and out.exists() else None
@@ -103,6 +124,7 @@ def profile_space(
     from bhsearch.latency import measure as m
 
     dev, tdtype = m.resolve_device(device), m.resolve_dtype(dtype)
+    m.check_runtime(runtime, device=dev)
     settings = {
         **requested,
         "device": dev.type,
@@ -117,36 +139,74 @@ def profile_space(
         _check_resumable(table, out, **settings)
     else:
         table = LatencyTable(settings={**settings, "created": _now()}, path=out)
+    if runtime == "onnxruntime":
+        version = m.onnxruntime_version()
+        have = table.settings.get("onnxruntime_version")
+        if have is not None and have != version and any(k.endswith("@onnxruntime") for k in table.units):
+            raise UsageError(
+                f"{out}: its onnxruntime entries were measured with onnxruntime {have}, this is {version}; "
+                "use another --out, or --no-resume to replace it"
+            )
+        table.settings["onnxruntime_version"] = version
     table.settings.update(warmup=warmup, reps=reps, updated=_now())
     table.settings.setdefault("bases", [])
     if specs[0].id not in table.settings["bases"]:
         table.settings["bases"].append(specs[0].id)
 
     units = distinct_units(specs, (width, height))
-    todo = [u for u in units if u.key not in table.units]
-    skey = size_key((width, height))
+    todo = [u for u in units if runtime_key(u.key, runtime) not in table.units]
+    skey = runtime_key(size_key((width, height)), runtime)
     need_overhead = skey not in table.overhead
     total = len(todo) + (overhead_networks if need_overhead else 0)
     table.save(out)
 
+    account = m.CpuAccount()
+    run = {"started": _now(), "runtime": runtime, "threads": settings["threads"], "clock": settings["clock"],
+           "cpus": available_cpus(), "load_start": load_average()}  # fmt: skip
+    t_run = time.perf_counter()
     bar = _progress(progress, total, f"profiling {len(todo)} of {len(units)} units")
     try:
         for done, unit in enumerate(todo, start=1):
             bar.update(f"{unit.key}")
-            entry = _measure_unit(m, unit, dev, tdtype, batch_size, warmup, reps, norm, clock)
-            table.units[unit.key] = entry
+            entry = _measure_unit(m, unit, dev, tdtype, batch_size, warmup, reps, norm, clock, runtime, account)
+            table.units[runtime_key(unit.key, runtime)] = entry
             table.save(out)
             bar.advance()
             if on_unit is not None:
                 on_unit(unit.key, entry, done, total)
         if need_overhead:
             table.overhead[skey] = _measure_overhead(
-                m, table, specs[:overhead_networks], (width, height), settings, warmup, reps, bar
+                m, table, specs[:overhead_networks], (width, height), settings, warmup, reps, bar, runtime, account
             )
-            table.save(out)
     finally:
         bar.close()
+        if total and account.wall_s > 0:  # a run that measured something: keep its machine readings
+            run.update(
+                ended=_now(),
+                wall_s=round(time.perf_counter() - t_run, 3),
+                load_end=load_average(),
+                timed_wall_s=round(account.wall_s, 6),
+                timed_cpu_s=round(account.cpu_s, 6),
+            )
+            table.quality.setdefault("runs", []).append(run)
+            table.save(out)
     return table
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 3)
+    except (OSError, AttributeError):
+        return None
+
+
+def available_cpus() -> int | None:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
 
 
 def _check_resumable(table: LatencyTable, out: Path, **settings: Any) -> None:
@@ -158,56 +218,69 @@ def _check_resumable(table: LatencyTable, out: Path, **settings: Any) -> None:
         )
 
 
+def _modes(runtime: str) -> tuple[str, ...]:
+    return ("inference",) if runtime in INFERENCE_ONLY_RUNTIMES else ("inference", "train")
+
+
 def _measure_unit(
-    m, unit: Unit, dev, tdtype, batch_size: int, warmup: int, reps: int, norm: str, clock: str
-) -> dict[str, Any]:
+    m, unit: Unit, dev, tdtype, batch_size: int, warmup: int, reps: int, norm: str, clock: str,
+    runtime: str = "torch", account=None,
+) -> dict[str, Any]:  # fmt: skip
     import torch
 
     torch.manual_seed(0)
     module = m.build_unit(unit, norm)
-    shape = (batch_size, *unit.in_shape)
+    shape = m.unit_input_shape(unit, batch_size)
     grad = m.unit_input_grad(unit)
     t0 = time.perf_counter()
-    infer = m.time_module(module, shape, dev, tdtype, "inference", warmup, reps, clock=clock)
-    train = m.time_module(module, shape, dev, tdtype, "train", warmup, reps, input_grad=grad, clock=clock)
-    mem_train = m.memory_module(module, shape, dev, tdtype, "train", input_grad=grad)
-    return {
-        "unit": unit.to_dict(),
-        "inference_s": infer["median_s"],
-        "inference_p10_s": infer["p10_s"],
-        "inference_p90_s": infer["p90_s"],
-        "inference_min_s": infer["min_s"],
-        "train_s": train["median_s"],
-        "train_p10_s": train["p10_s"],
-        "train_p90_s": train["p90_s"],
-        "train_min_s": train["min_s"],
-        "train_saved_bytes": mem_train["saved_bytes"],
-        "train_peak_bytes": mem_train["peak_bytes"],
-        "profile_s": round(time.perf_counter() - t0, 3),
-        "measured": _now(),
-    }
+    entry: dict[str, Any] = {"unit": unit.to_dict()}
+    if runtime != "torch":
+        entry["runtime"] = runtime
+    for mode in _modes(runtime):
+        r = m.time_module(
+            module, shape, dev, tdtype, mode, warmup, reps, input_grad=grad and mode == "train", clock=clock,
+            runtime=runtime, account=account,
+        )  # fmt: skip
+        entry.update({
+            f"{mode}_s": r["median_s"], f"{mode}_p10_s": r["p10_s"], f"{mode}_p90_s": r["p90_s"],
+            f"{mode}_min_s": r["min_s"], f"{mode}_spread": r["spread"],
+        })  # fmt: skip
+    if runtime == "torch":
+        mem_train = m.memory_module(module, shape, dev, tdtype, "train", input_grad=grad)
+        entry.update(train_saved_bytes=mem_train["saved_bytes"], train_peak_bytes=mem_train["peak_bytes"])
+    entry.update(profile_s=round(time.perf_counter() - t0, 3), measured=_now())
+    return entry
 
 
-def _measure_overhead(m, table, specs, size, settings, warmup: int, reps: int, bar) -> dict[str, Any]:
+def _measure_overhead(
+    m, table, specs, size, settings, warmup: int, reps: int, bar, runtime: str = "torch", account=None
+) -> dict[str, Any]:
     """End-to-end time minus the sum of the units, per mode and statistic, on whole networks
     (median over the networks)."""
     networks = []
+    modes = _modes(runtime)
     for spec in specs:
         bar.update(f"overhead: whole network {spec}")
         row: dict[str, Any] = {"spec": spec.id}
-        for mode in ("inference", "train"):
+        for mode in modes:
             measured = m.measure_latency(
                 spec, size, settings["device"], settings["batch_size"], settings["dtype"], mode,
                 max(1, warmup), max(3, reps // 2 + 1), None, settings["norm"], settings["clock"],
+                runtime=runtime, account=account,
             )  # fmt: skip
+            row[f"{mode}_spread"] = measured["spread"]
             for stat in STATS:
                 name = f"{mode}_s" if stat == "median" else f"{mode}_{stat}_s"
                 row[f"{mode}_{stat}_measured_s"] = measured[f"{stat}_s"]
-                row[f"{mode}_{stat}_units_s"] = sum(table.units[u.key][name] for u in network_units(spec, size))
+                row[f"{mode}_{stat}_units_s"] = sum(
+                    table.units[runtime_key(u.key, runtime)][name] for u in network_units(spec, size)
+                )
         networks.append(row)
         bar.advance()
     entry: dict[str, Any] = {"networks": networks, "measured": _now()}
-    for mode in ("inference", "train"):
+    if runtime != "torch":
+        entry["runtime"] = runtime
+    for mode in modes:
         for stat in STATS:
             residuals = [r[f"{mode}_{stat}_measured_s"] - r[f"{mode}_{stat}_units_s"] for r in networks]
             entry[f"{mode}_s" if stat == "median" else f"{mode}_{stat}_s"] = statistics.median(residuals)
@@ -247,4 +320,4 @@ def _progress(enabled: bool, total: int, title: str) -> _Bar:
     return _Bar(enabled, total, title)
 
 
-__all__ = ["distinct_units", "profile_space", "space_specs"]
+__all__ = ["available_cpus", "distinct_units", "load_average", "profile_space", "space_specs"]

@@ -2,13 +2,20 @@
 
 A table holds, for one measurement setting (device, torch version, dtype, batch size, threads,
 norm), the median time of every profiled unit in inference and in a training step, and a
-per-network overhead term per input size. Prediction is a sum of dictionary look-ups: pure
-Python, no torch, microseconds per candidate.
+per-network overhead term per input size, for one or several runtimes (``torch``, and
+``onnxruntime``: inference only). Prediction is a sum of dictionary look-ups: pure Python, no
+torch, microseconds per candidate.
+
+Every table also carries its *quality* (:func:`assess`): the spread of its repetitions, the sign
+of its overhead terms and the load of the machine while it was profiled; a table with problems
+has ``warnings`` that ``bhsearch profile``, ``count --profile`` and ``solve --profile`` print.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +33,57 @@ MODES = ("inference", "train")
 STATS = ("median", "min")
 # Settings that make two measurements incomparable; a table is refused when any of these differ.
 MATCH_KEYS = ("device", "device_name", "torch_version", "dtype", "batch_size", "threads", "norm", "clock")
+# Runtimes a table can hold side by side (unit and overhead keys of other runtimes than torch end in
+# ``@<runtime>``); onnxruntime and compile (``torch.compile``, default inductor backend) entries hold
+# inference only.
+RUNTIMES = ("torch", "onnxruntime", "compile")
+INFERENCE_ONLY_RUNTIMES = ("onnxruntime", "compile")
+
+# Quality thresholds (docs/latency.md, "Measurements that know when they are bad").
+#: relative spread of a measurement: (p90 - p10) / median over its repetitions; a profile whose median
+#: spread over its units (or over its whole networks) exceeds this is marked.
+SPREAD_LIMIT = 0.10
+#: a profile is marked as taken on a loaded machine when the 1-minute load average of *other*
+#: processes (at the start; at the end less this profile's own threads) exceeds the cores left free
+#: for it (cores - threads) by more than this.
+LOAD_SLACK = 0.5
+#: with the wall clock, process CPU time / wall time over the timed passes below this means the
+#: profile was off the CPU (waiting for a core) for the rest of the time.
+CPU_WALL_MIN = 0.9
 
 
 def size_key(input_size: str | tuple[int, int]) -> str:
     width, height = parse_input_size(input_size)
     return f"{width}x{height}"
+
+
+def runtime_key(key: str, runtime: str = "torch") -> str:
+    """The table key of a unit key or input size under ``runtime`` (torch: the key itself)."""
+    if runtime == "torch":
+        return key
+    if runtime not in RUNTIMES:
+        raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    return f"{key}@{runtime}"
+
+
+def split_runtime(key: str) -> tuple[str, str]:
+    """``(key, runtime)`` of a table key (inverse of :func:`runtime_key`)."""
+    base, sep, runtime = key.rpartition("@")
+    return (base, runtime) if sep else (key, "torch")
+
+
+def spread(p10: float | None, p90: float | None, median: float | None) -> float | None:
+    """Relative spread (p90 - p10) / median of a measurement, None when unknown."""
+    if p10 is None or p90 is None or not median or median <= 0:
+        return None
+    return (p90 - p10) / median
+
+
+def _check_runtime(runtime: str, mode: str) -> None:
+    if runtime not in RUNTIMES:
+        raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if mode != "inference" and runtime in INFERENCE_ONLY_RUNTIMES:
+        raise UsageError(f"runtime {runtime} is profiled for inference only; got mode {mode!r}")
 
 
 def _field(mode: str, stat: str = "median") -> str:
@@ -49,7 +102,20 @@ class LatencyTable:
     settings: dict[str, Any]
     units: dict[str, dict[str, Any]] = field(default_factory=dict)
     overhead: dict[str, dict[str, Any]] = field(default_factory=dict)  # by input size "WxH"
+    quality: dict[str, Any] = field(default_factory=dict)  # "runs" (machine readings), "warnings", "spread"
     path: Path | None = None
+
+    # -- quality --------------------------------------------------------------------------------
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """The table's problems, ``{"code", "message"}`` each (:func:`assess`; empty when clean)."""
+        return assess(self)
+
+    @property
+    def runtimes(self) -> list[str]:
+        """Runtimes with at least one unit in the table (torch first)."""
+        found = {split_runtime(k)[1] for k in self.units}
+        return [r for r in RUNTIMES if r in found]
 
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +125,11 @@ class LatencyTable:
             "settings": self.settings,
             "units": self.units,
             "overhead": self.overhead,
+            "quality": {
+                **self.quality,
+                "spread": spread_summary(self),
+                "warnings": [w["message"] for w in assess(self)],
+            },
         }
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -78,7 +149,8 @@ class LatencyTable:
         if version != VERSION:
             raise UsageError(f"{source}: latency table version {version!r} is not supported (expected {VERSION})")
         settings, units, overhead = data.get("settings"), data.get("units", {}), data.get("overhead", {})
-        for name, value in (("settings", settings), ("units", units), ("overhead", overhead)):
+        quality = data.get("quality", {})  # absent from tables written before the quality checks
+        for name, value in (("settings", settings), ("units", units), ("overhead", overhead), ("quality", quality)):
             if not isinstance(value, dict):
                 raise UsageError(f"{source}: field {name!r} must be a mapping")
         for key, entry in units.items():
@@ -86,7 +158,10 @@ class LatencyTable:
                 value = entry.get(f"{mode}_s") if isinstance(entry, dict) else None
                 if value is not None and not (isinstance(value, (int, float)) and value >= 0):
                     raise UsageError(f"{source}: unit {key!r} has an invalid {mode}_s {value!r}")
-        return cls(settings=settings, units=units, overhead=overhead)
+        runs = quality.get("runs", [])
+        if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+            raise UsageError(f"{source}: field 'quality.runs' must be a list of mappings")
+        return cls(settings=settings, units=units, overhead=overhead, quality=quality)
 
     # -- settings -------------------------------------------------------------------------------
     def mismatches(self, **expected: Any) -> list[str]:
@@ -121,26 +196,33 @@ class LatencyTable:
         return out
 
     # -- look-ups -------------------------------------------------------------------------------
-    def unit_time(self, key: str, mode: str = "inference", stat: str = "median") -> float:
-        entry = self.units.get(key)
+    def unit_time(self, key: str, mode: str = "inference", stat: str = "median", runtime: str = "torch") -> float:
+        _check_runtime(runtime, mode)
+        entry = self.units.get(runtime_key(key, runtime))
         value = None if entry is None else entry.get(_field(mode, stat))
         if value is None:
             where = f" {self.path}" if self.path else ""
             sizes = ", ".join(sorted(self.overhead)) or "none"
+            rt = "" if runtime == "torch" else f" under runtime {runtime}"
+            flag = "" if runtime == "torch" else f" --runtime {runtime}"
             raise UsageError(
-                f"latency table{where} has no {_field(mode, stat)} entry for unit {key} (profiled sizes: {sizes}); "
-                "run `bhsearch profile` for this base/space/input size"
+                f"latency table{where} has no {_field(mode, stat)} entry for unit {key}{rt} (profiled sizes: {sizes}); "
+                f"run `bhsearch profile{flag}` for this base/space/input size"
             )
         return float(value)
 
-    def overhead_time(self, input_size: str | tuple[int, int], mode: str = "inference", stat: str = "median") -> float:
-        key = size_key(input_size)
+    def overhead_time(
+        self, input_size: str | tuple[int, int], mode: str = "inference", stat: str = "median", runtime: str = "torch"
+    ) -> float:
+        _check_runtime(runtime, mode)
+        key = runtime_key(size_key(input_size), runtime)
         entry = self.overhead.get(key)
         value = None if entry is None else entry.get(_field(mode, stat))
         if value is None:
+            flag = "" if runtime == "torch" else f" --runtime {runtime}"
             raise UsageError(
                 f"latency table {self.path or ''} has no {_field(mode, stat)} overhead term for input {key}; "
-                "run `bhsearch profile` at this input size"
+                f"run `bhsearch profile{flag}` at this input size"
             )
         return float(value)
 
@@ -167,11 +249,13 @@ def predict_breakdown(
     table: LatencyTable,
     mode: str = "inference",
     stat: str = "median",
+    runtime: str = "torch",
 ) -> list[tuple[str, float]]:
     """``(unit key, seconds)`` for every unit of ``spec`` in order, then ``("overhead", seconds)``."""
     _field(mode, stat)
-    rows = [(u.key, table.unit_time(u.key, mode, stat)) for u in network_units(get_spec(spec), input_size)]
-    rows.append(("overhead", table.overhead_time(input_size, mode, stat)))
+    units = network_units(get_spec(spec), input_size)
+    rows = [(u.key, table.unit_time(u.key, mode, stat, runtime)) for u in units]
+    rows.append(("overhead", table.overhead_time(input_size, mode, stat, runtime)))
     return rows
 
 
@@ -181,22 +265,157 @@ def predict_latency(
     table: LatencyTable,
     mode: str = "inference",
     stat: str = "median",
+    runtime: str = "torch",
 ) -> float:
     """Predicted end-to-end latency in seconds: the sum of the unit entries plus the measured
     per-network overhead term of ``table``. ``mode`` is ``"inference"`` or ``"train"`` (forward +
-    backward); ``stat`` is ``"median"`` or ``"min"`` of the repetitions."""
+    backward); ``stat`` is ``"median"`` or ``"min"`` of the repetitions; ``runtime`` one of
+    ``RUNTIMES`` the table was profiled under."""
     name = _field(mode, stat)
     units = table.units
-    total = table.overhead_time(input_size, mode, stat)
+    total = table.overhead_time(input_size, mode, stat, runtime)
+    suffix = "" if runtime == "torch" else f"@{runtime}"
     for unit in network_units(spec, input_size):
-        entry = units.get(unit.key)
+        entry = units.get(unit.key + suffix if suffix else unit.key)
         value = None if entry is None else entry.get(name)
-        total += value if value is not None else table.unit_time(unit.key, mode, stat)
+        total += value if value is not None else table.unit_time(unit.key, mode, stat, runtime)
     return total
 
 
+# --------------------------------------------------------------------------- quality
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(values) if values else None
+
+
+def spread_summary(table: LatencyTable) -> dict[str, dict[str, Any]]:
+    """Per runtime: the median relative spread of its units per mode and of its whole networks
+    (None where the table has no spread, e.g. written before it was recorded)."""
+    out: dict[str, dict[str, Any]] = {}
+    for runtime in table.runtimes or ["torch"]:
+        modes = ("inference",) if runtime in INFERENCE_ONLY_RUNTIMES else MODES
+        entries = [e for k, e in table.units.items() if split_runtime(k)[1] == runtime and isinstance(e, dict)]
+        row: dict[str, Any] = {}
+        for mode in modes:
+            row[f"units_{mode}"] = _median([e.get(f"{mode}_spread") for e in entries])
+            nets = [
+                n.get(f"{mode}_spread")
+                for k, o in table.overhead.items()
+                if split_runtime(k)[1] == runtime and isinstance(o, dict)
+                for n in o.get("networks", [])
+                if isinstance(n, dict)
+            ]
+            row[f"networks_{mode}"] = _median(nets)
+        out[runtime] = row
+    return out
+
+
+def _other_load(run: dict[str, Any], at: str) -> float | None:
+    """The 1-minute load average of other processes at the start or end of a profiling run. At the
+    end the run's own contribution, ``threads * (1 - exp(-wall / 60))`` (the kernel's exponential
+    average over its wall time), is subtracted."""
+    load = run.get(f"load_{at}")
+    if load is None:
+        return None
+    if at == "end":
+        wall = float(run.get("wall_s") or 0.0)
+        load -= float(run.get("threads") or 1) * (1 - math.exp(-wall / 60.0))
+    return max(0.0, float(load))
+
+
+def assess(table: LatencyTable) -> list[dict[str, str]]:
+    """The problems of a table, one ``{"code", "message"}`` per problem (pure Python).
+
+    * ``spread``: the median relative spread (p90 - p10) / median of a runtime's units, per mode,
+      or of its whole networks exceeds ``SPREAD_LIMIT``;
+    * ``negative-overhead``: an overhead term (whole networks minus the sum of their units) is negative;
+    * ``loaded``: at the start or end of a profiling run, the 1-minute load average of other processes
+      exceeded the cores left free for its threads by more than ``LOAD_SLACK``;
+    * ``off-cpu``: with the wall clock, process CPU time / wall time over the timed passes was below
+      ``CPU_WALL_MIN``.
+    """
+    out: list[dict[str, str]] = []
+    for runtime, row in spread_summary(table).items():
+        high = [
+            f"{'units' if name.startswith('units') else 'whole networks'} {name.split('_', 1)[1]} {100 * value:.0f} %"
+            for name, value in row.items()
+            if value is not None and value > SPREAD_LIMIT
+        ]
+        if high:
+            rt = "" if runtime == "torch" else f" ({runtime})"
+            out.append(
+                {
+                    "code": "spread",
+                    "message": f"high spread{rt}: median (p90-p10)/median of the repetitions {', '.join(high)} "
+                    f"(limit {100 * SPREAD_LIMIT:.0f} %)",
+                }
+            )
+    for size in sorted(table.overhead):
+        entry = table.overhead[size]
+        if not isinstance(entry, dict):
+            continue
+        neg = [
+            f"{mode} {1e3 * entry[f'{mode}_s']:+.2f} ms"
+            for mode in MODES
+            if isinstance(entry.get(f"{mode}_s"), (int, float)) and entry[f"{mode}_s"] < 0
+        ]
+        if neg:
+            base, runtime = split_runtime(size)
+            rt = "" if runtime == "torch" else f" ({runtime})"
+            out.append(
+                {
+                    "code": "negative-overhead",
+                    "message": f"negative overhead term at {base}{rt} ({', '.join(neg)}): whole networks ran faster "
+                    "than the sum of their units (load changed while profiling, or units alone miss the cache reuse "
+                    "they get inside a network)",
+                }
+            )
+    for i, run in enumerate(table.quality.get("runs", [])):
+        cpus, threads = run.get("cpus"), run.get("threads") or 1
+        label = f"profiling run {i + 1} ({run.get('started', '?')}, {run.get('runtime', 'torch')})"
+        if cpus:
+            free = max(0, cpus - threads)
+            loaded = []
+            for at in ("start", "end"):
+                other = _other_load(run, at)
+                if other is not None and other > free + LOAD_SLACK:
+                    loaded.append(f"{at} {run[f'load_{at}']:.2f} ({other:.2f} from other processes)")
+            if loaded:
+                out.append(
+                    {
+                        "code": "loaded",
+                        "message": f"loaded machine: {label} had a 1-min load average at its {' and '.join(loaded)} "
+                        f"on {cpus} cores for {threads} thread(s) (limit: cores - threads + {LOAD_SLACK})",
+                    }
+                )
+        cpu_s, wall_s = run.get("timed_cpu_s"), run.get("timed_wall_s")
+        if run.get("clock", "wall") == "wall" and cpu_s is not None and wall_s:
+            ratio = cpu_s / wall_s
+            if ratio < CPU_WALL_MIN:
+                out.append(
+                    {
+                        "code": "off-cpu",
+                        "message": f"off CPU: {label} used {ratio:.2f} s of process CPU time per second of wall time "
+                        f"in its timed passes (< {CPU_WALL_MIN}): it waited for a core; use --clock cpu --threads 1 "
+                        "or an idle machine",
+                    }
+                )
+    return out
+
+
 __all__ = [
+    "CPU_WALL_MIN",
     "FORMAT",
+    "LOAD_SLACK",
+    "RUNTIMES",
+    "SPREAD_LIMIT",
+    "assess",
+    "runtime_key",
+    "split_runtime",
+    "spread",
+    "spread_summary",
     "LatencyTable",
     "MATCH_KEYS",
     "MODES",

@@ -5,6 +5,11 @@ residual block with a given (type, input channels, width, stride, input resoluti
 a sum of units, and a design space produces few distinct ones (every non-first block of a stage is
 the same unit), so a lookup table of measured units predicts every candidate of the space.
 
+An HRNet is a sum of :class:`HRNetUnit` s, the descriptors of :func:`bhsearch.cost_hrnet.hrnet_units`:
+the stem, each stage-1 block, the optional max-pool, each transition, each branch block (at its
+width and resolution) and each module's fuse layers. Depth in an HRNet space repeats the same
+branch blocks and fuse layers, so its table is as small as a ResNet's.
+
 Pure Python, no torch: the solver enumerates units for every candidate it ranks.
 """
 
@@ -15,7 +20,7 @@ from functools import lru_cache
 from typing import Any, Union
 
 from bhsearch.errors import UsageError
-from bhsearch.spec import EXPANSION, ResNetSpec, Spec, get_spec, parse_input_size
+from bhsearch.spec import EXPANSION, HRNetSpec, ResNetSpec, Spec, get_spec, parse_input_size
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 STATS_BYTES = 4  # batch-norm save_mean / save_invstd stay float32 for every input dtype
@@ -54,6 +59,10 @@ class StemUnit:
     @property
     def in_shape(self) -> tuple[int, int, int]:
         return (3, self.height, self.width)
+
+    @property
+    def in_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        return (self.in_shape,)
 
     @property
     def conv_shape(self) -> tuple[int, int]:
@@ -122,6 +131,10 @@ class BlockUnit:
         return (self.inplanes, self.height, self.width)
 
     @property
+    def in_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        return (self.in_shape,)
+
+    @property
     def out_shape(self) -> tuple[int, int, int]:
         return (self.outplanes, conv_out(self.height, 3, self.stride, 1), conv_out(self.width, 3, self.stride, 1))
 
@@ -159,17 +172,105 @@ class BlockUnit:
         return {"kind": self.kind, **asdict(self)}
 
 
-Unit = Union[StemUnit, BlockUnit]
+def _sizes_code(sizes: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{w}x{h}" for h, w in sizes)
+
+
+def _channels_code(channels: tuple[int, ...]) -> str:
+    return "-".join(str(c) for c in channels)
+
+
+def hrnet_unit_key(part: Any) -> str:
+    """The table key of an HRNet unit descriptor of :mod:`bhsearch.cost_hrnet` (sizes are WxH)."""
+    kind = part.kind
+    if kind == "stem":
+        a, b = part.strides
+        return f"hrnet-stem:s{a}{b}:{part.in_channels}>{part.channels}:{part.width}x{part.height}"
+    if kind == "block":
+        return f"hrnet-{part.block}:{part.in_channels}>{part.planes}:s{part.stride}:{part.width}x{part.height}"
+    if kind == "pool":
+        return f"hrnet-pool:c{part.channels}:{part.width}x{part.height}"
+    if kind == "transition":
+        return (
+            f"hrnet-transition:{_channels_code(part.in_channels)}>{_channels_code(part.out_channels)}:"
+            f"{_sizes_code(part.sizes)}"
+        )
+    if kind == "fuse":
+        single = "" if part.multi_scale_output else ":single"
+        return f"hrnet-fuse:{_channels_code(part.channels)}:{_sizes_code(part.sizes)}{single}"
+    raise UsageError(f"unknown HRNet unit {part!r}")
+
+
+@dataclass(frozen=True)
+class HRNetUnit:
+    """One HRNet unit: ``part`` is its :mod:`bhsearch.cost_hrnet` descriptor (stem, block, pool,
+    transition or fuse layers), ``key`` its table key; built by :func:`bhsearch.models.hrnet.build_unit`."""
+
+    part: Any
+    key: str
+
+    kind = "hrnet"
+
+    @classmethod
+    def of(cls, part: Any) -> HRNetUnit:
+        return cls(part, hrnet_unit_key(part))
+
+    @property
+    def in_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        p = self.part
+        if p.kind == "stem":
+            return ((p.in_channels, p.height, p.width),)
+        if p.kind == "block":
+            return ((p.in_channels, p.height, p.width),)
+        if p.kind == "pool":
+            return ((p.channels, p.height, p.width),)
+        channels = p.in_channels if p.kind == "transition" else p.channels
+        return tuple((c, h, w) for c, (h, w) in zip(channels, p.sizes, strict=True))
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        from bhsearch.cost_hrnet import unit_out_shape
+
+        return unit_out_shape(self.part)
+
+    @property
+    def is_stem(self) -> bool:
+        return self.part.kind == "stem"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.part.to_dict()
+        return {"kind": f"hrnet-{d.pop('kind')}", **d}
+
+
+Unit = Union[StemUnit, BlockUnit, HRNetUnit]
 UNIT_TYPES = {StemUnit.kind: StemUnit, BlockUnit.kind: BlockUnit}
+
+
+def _hrnet_part(kind: str, data: dict[str, Any]) -> Any:
+    from bhsearch import cost_hrnet as ch
+
+    classes = {"stem": ch.StemUnit, "block": ch.BlockUnit, "pool": ch.PoolUnit,
+               "transition": ch.TransitionUnit, "fuse": ch.FuseUnit}  # fmt: skip
+    cls = classes.get(kind)
+    if cls is None:
+        raise UsageError(f"unknown latency unit kind hrnet-{kind}")
+
+    def tup(v: Any) -> Any:
+        return tuple(tup(x) for x in v) if isinstance(v, list) else v
+
+    return cls(**{k: tup(v) for k, v in data.items()})
 
 
 def unit_from_dict(data: dict[str, Any]) -> Unit:
     """Rebuild a unit from :meth:`to_dict` output (e.g. a lookup-table entry)."""
     data = dict(data)
-    cls = UNIT_TYPES.get(data.pop("kind", None))
-    if cls is None:
-        raise UsageError(f"unknown latency unit kind in {data!r}")
+    kind = data.pop("kind", None)
     try:
+        if isinstance(kind, str) and kind.startswith("hrnet-"):
+            return HRNetUnit.of(_hrnet_part(kind[len("hrnet-") :], data))
+        cls = UNIT_TYPES.get(kind)
+        if cls is None:
+            raise UsageError(f"unknown latency unit kind in {data!r}")
         return cls(**data)
     except TypeError as exc:
         raise UsageError(f"invalid latency unit {data!r}: {exc}") from None
@@ -188,13 +289,72 @@ def _resnet_units(spec: ResNetSpec, height: int, width: int) -> tuple[Unit, ...]
     return tuple(units)
 
 
+@lru_cache(maxsize=65536)
+def _hrnet_unit(part: Any) -> HRNetUnit:
+    """The (shared) unit of a descriptor: its key is formatted once per distinct descriptor."""
+    return HRNetUnit.of(part)
+
+
+@lru_cache(maxsize=4096)
+def _hrnet_front(
+    sw: int, strides: tuple[int, ...], block: str, planes: int, n: int, pool: bool, height: int, width: int
+) -> tuple[tuple[HRNetUnit, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Stem, stage-1 blocks and the optional max-pool: units, branch channels and sizes after them."""
+    from bhsearch import cost_hrnet as ch
+
+    _, h, w = ch.stem_cost(3, sw, strides, height, width)
+    units = [
+        _hrnet_unit(ch.StemUnit(3, sw, strides, height, width)),
+        _hrnet_unit(ch.BlockUnit(block, sw, planes, 1, h, w)),
+    ]
+    cout = planes * EXPANSION[block]
+    units += [_hrnet_unit(ch.BlockUnit(block, cout, planes, 1, h, w))] * (n - 1)
+    if pool:
+        units.append(_hrnet_unit(ch.PoolUnit(cout, h, w)))
+        _, h, w = ch.pool_cost(cout, h, w)
+    return tuple(units), (cout,), ((h, w),)
+
+
+@lru_cache(maxsize=16384)
+def _hrnet_stage(
+    stage: Any, channels: tuple[int, ...], sizes: tuple[tuple[int, int], ...]
+) -> tuple[tuple[HRNetUnit, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """A multi-branch stage (its incoming transition, then per module the branch blocks and fuse layers)."""
+    from bhsearch import cost_hrnet as ch
+
+    out = tuple(wd * EXPANSION[stage.block] for wd in stage.widths)
+    _, new_sizes = ch.transition_cost(channels, out, sizes)
+    module: list[HRNetUnit] = []
+    for wd, nb, c, (bh, bw) in zip(stage.widths, stage.blocks, out, new_sizes, strict=True):
+        module += [_hrnet_unit(ch.BlockUnit(stage.block, c, wd, 1, bh, bw))] * nb
+    module.append(_hrnet_unit(ch.FuseUnit(out, new_sizes, True)))
+    units = (_hrnet_unit(ch.TransitionUnit(channels, out, sizes)), *module * stage.modules)
+    return units, out, new_sizes
+
+
+@lru_cache(maxsize=65536)
+def _hrnet_units(spec: HRNetSpec, height: int, width: int) -> tuple[HRNetUnit, ...]:
+    """The units in the order of :func:`bhsearch.cost_hrnet.hrnet_units`, built from cached stages (the
+    solver meets many candidates that share their stem, stage 1 or a stage)."""
+    units, channels, sizes = _hrnet_front(
+        spec.stem_width, tuple(spec.stem_strides), spec.stage1_block, spec.stage1_width, spec.stage1_blocks,
+        spec.pool_after_stage1, height, width,
+    )  # fmt: skip
+    for st in spec.stages:
+        more, channels, sizes = _hrnet_stage(st, channels, sizes)
+        units += more
+    return units
+
+
 def network_units(spec: Spec | str, input_size: str | tuple[int, int]) -> tuple[Unit, ...]:
     """The units of ``spec`` at ``input_size`` (``WIDTHxHEIGHT``), in execution order (cached)."""
     spec = get_spec(spec)
     width, height = parse_input_size(input_size)
-    if not isinstance(spec, ResNetSpec):
-        raise UsageError(f"latency tables cover resnet-family specs; {spec.family} ({spec.id}) is not supported yet")
-    return _resnet_units(spec, height, width)
+    if isinstance(spec, ResNetSpec):
+        return _resnet_units(spec, height, width)
+    if isinstance(spec, HRNetSpec):
+        return _hrnet_units(spec, height, width)
+    raise UsageError(f"latency tables cover resnet- and hrnet-family specs; {spec.family} ({spec.id}) is not")
 
 
 def _dtype_bytes(dtype: str) -> int:
@@ -216,6 +376,8 @@ def train_memory_breakdown(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
     nbytes = _dtype_bytes(dtype)
+    if not isinstance(get_spec(spec), ResNetSpec):
+        raise UsageError(f"analytic training memory covers resnet-family specs; {get_spec(spec).id} is not one")
     elems = stats = indices = params = 0
     for unit in network_units(spec, input_size):
         e, s, i = unit.saved()
@@ -236,9 +398,11 @@ def train_memory_bytes(
 __all__ = [
     "BlockUnit",
     "DTYPE_BYTES",
+    "HRNetUnit",
     "StemUnit",
     "Unit",
     "conv_out",
+    "hrnet_unit_key",
     "network_units",
     "train_memory_breakdown",
     "train_memory_bytes",
