@@ -131,6 +131,22 @@ def test_resume_refuses_changed_settings(cifar, reference_run):
         run_pretrain("resnet18", cifar, cfg(lr=0.1), reference_run[0], resume=True)
 
 
+def test_resume_of_a_checkpoint_written_before_crop_pct(cifar, tmp_path):
+    """An older checkpoint has no ``crop_pct``: it resumes as the default it ran with (0.875), not others."""
+    import shutil
+
+    c = cfg(epochs=1)
+    run_pretrain("resnet18", cifar, c, tmp_path / "run")
+    ckpt = loop.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    del ckpt["config"]["crop_pct"]
+    loop.save_checkpoint(tmp_path / "run" / "checkpoint.pt", ckpt)
+    shutil.copytree(tmp_path / "run", tmp_path / "other")
+    done = run_pretrain("resnet18", cifar, c, tmp_path / "run", resume=True)  # finished: resumes, trains nothing
+    assert len(done["history"]) == 1
+    with pytest.raises(UsageError, match="crop_pct: 0.875 -> 0.9"):
+        run_pretrain("resnet18", cifar, cfg(epochs=1, crop_pct=0.9), tmp_path / "other", resume=True)
+
+
 def test_huge_learning_rate_is_caught(cifar, tmp_path):
     with pytest.raises(TrainingError, match="loss became"):
         run_pretrain("bh-resnet50", cifar, cfg(epochs=1, lr=1e6, width_mult=0.0625), tmp_path)

@@ -39,7 +39,9 @@ AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 PROGRESS_CHOICES = ("auto", "on", "off")
 CHECKPOINT_FORMAT = 1
 # settings added after checkpoints already existed: a checkpoint without one ran with this value
-LATER_SETTINGS = {"sync_bn": False}
+# (``crop_pct``: pre-training's centre-crop ratio, 0.875 since it was added; it only acts on image-file data,
+# which older checkpoints never trained on)
+LATER_SETTINGS = {"sync_bn": False, "crop_pct": 0.875}
 
 # --------------------------------------------------------------------------- devices and runtime
 

@@ -366,18 +366,49 @@ def _token_auth_if_available() -> None:
 
 
 def check_resources(study: Study) -> None:
-    """Refuse per-trial resources the cluster can never grant (trials would wait forever)."""
+    """Refuse per-trial resources the cluster can never grant (trials would wait forever); a data-parallel trial's
+    workers must also fit on one node (they are packed onto one)."""
     import ray
 
+    res = study.resources
     total = ray.cluster_resources()
-    if study.resources.gpu > 0 and total.get("GPU", 0) < study.resources.gpu:
-        raise UsageError(
-            f"resources.gpu: trials ask for {study.resources.gpu} GPU but the Ray cluster has {total.get('GPU', 0)}"
-        )
-    if study.resources.cpu > total.get("CPU", 0):
-        raise UsageError(
-            f"resources.cpu: trials ask for {study.resources.cpu} CPUs but the Ray cluster has {total.get('CPU', 0)}"
-        )
+    for kind, per_worker in (("gpu", res.gpu), ("cpu", res.cpu)):
+        need, have = res.workers * per_worker, total.get(kind.upper(), 0)
+        if need > 0 and need > have:
+            raise UsageError(
+                f"resources.{kind}: trials ask for {_asked(res.workers, per_worker, kind)} but the Ray cluster has {have:g}"
+            )
+    if res.workers > 1:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        for kind, per_worker in (("gpu", res.gpu), ("cpu", res.cpu)):
+            need, most = res.workers * per_worker, max((n.get(kind.upper(), 0) for n in nodes), default=0)
+            if need > most:
+                raise UsageError(
+                    f"resources.{kind}: a trial's {_asked(res.workers, per_worker, kind)} must fit on one node, "
+                    f"but the largest Ray node has {most:g}"
+                )
+
+
+def _asked(workers: int, per_worker: float, kind: str) -> str:
+    unit = "GPU" if kind == "gpu" else "CPUs"
+    if workers == 1:
+        return f"{per_worker:g} {unit}"
+    return f"{workers} workers x {per_worker:g} = {workers * per_worker:g} {unit}"
+
+
+def trial_concurrency(study: Study) -> int | None:
+    """``max_concurrent_trials``: the study's ``search.max_concurrent``; for data-parallel trials, whose workers Tune
+    does not count (Ray Train places them), also at most as many trials as the cluster can hold at once."""
+    import ray
+
+    res, limit = study.resources, study.search.max_concurrent
+    if res.workers == 1:
+        return limit
+    total = ray.cluster_resources()
+    fits = [int(total.get("CPU", 0) // (res.workers * res.cpu))]
+    if res.gpu > 0:
+        fits.append(int(total.get("GPU", 0) // (res.workers * res.gpu)))
+    return max(1, min([*fits, *([limit] if limit else [])]))
 
 
 def prepare_data(study: Study) -> None:
@@ -405,6 +436,10 @@ def make_trainable(study: Study, trial_fn: Callable | None = None, quiet: bool =
     if quiet:
         fn = _quiet_worker(fn)
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+    if study.resources.workers > 1:  # the trial drives Ray Train workers, which hold the resources
+        from bhsearch.tune.ray_train import DRIVER_RESOURCES
+
+        resources = dict(DRIVER_RESOURCES)
     return tune.with_resources(tune.with_parameters(fn, study=study.model_dump()), resources)
 
 
@@ -762,7 +797,7 @@ def run_study(
                     search_alg=search,
                     scheduler=_scheduler(study, run_dir, done),
                     num_samples=n,
-                    max_concurrent_trials=study.search.max_concurrent,
+                    max_concurrent_trials=trial_concurrency(study),
                     reuse_actors=study.search.reuse_actors,
                     trial_dirname_creator=trial_dirname,
                 ),

@@ -193,10 +193,20 @@ class StagesConfig(_Strict):
 
 
 class ResourcesConfig(_Strict):
-    """Per-trial resources (fractional GPUs share one device's memory)."""
+    """Per-trial resources (fractional GPUs share one device's memory). ``workers > 1``: the trial trains
+    data-parallel on that many Ray Train workers of ``cpu`` CPUs and ``gpu`` GPUs each (``bhsearch.tune.ray_train``)."""
 
+    workers: int = Field(default=1, ge=1)
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _whole_gpus_per_worker(self) -> ResourcesConfig:
+        if self.workers > 1 and self.gpu != int(self.gpu):
+            raise ValueError(
+                f"gpu: data-parallel workers need whole GPUs each (nccl: one device per process), got {self.gpu}"
+            )
+        return self
 
 
 class LatencyConfig(_Strict):
@@ -306,6 +316,18 @@ class Study(_Strict):
         except UsageError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _sync_bn_needs_gpus(self) -> Study:
+        if self.resources.workers > 1 and self.resources.gpu == 0:
+            for name in ("pretrain", "finetune"):
+                stage = getattr(self.stages, name)
+                if stage is not None and stage.options.get("sync_bn"):
+                    raise ValueError(
+                        f"stages.{name}.sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU implementation); "
+                        "drop it or give the workers GPUs (resources.gpu)"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _metric_fits_stages(self) -> Study:

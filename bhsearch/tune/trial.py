@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,17 +62,16 @@ def _write_state(work: Path, state: dict[str, Any]) -> None:
     atomic_write_json(work / STATE_FILE, state, indent=1)
 
 
-def _restore_work(work: Path, run_dir: str | Path | None = None, key: str | None = None) -> bool:
+def _restore_work(
+    work: Path, checkpoint: Any = None, run_dir: str | Path | None = None, key: str | None = None
+) -> bool:
     """Copy this trial's last checkpoint into ``work``; True when there was one.
 
-    Tune's own checkpoint of the trial comes first; else, in a resumed study, the checkpoint an interrupted
-    trial of the same spec left (``bhsearch.tune.state.resume_checkpoint``: a folder inside the run folder,
-    named in ``resume_checkpoints.json``). Only ``trial_state.json`` (JSON) and the trainers' weights-only
-    checkpoints are read from it.
+    Tune's own checkpoint of the trial (``checkpoint``: ``tune.get_checkpoint()``) comes first; else, in a resumed
+    study, the checkpoint an interrupted trial of the same spec left (``bhsearch.tune.state.resume_checkpoint``: a
+    folder inside the run folder, named in ``resume_checkpoints.json``). Only ``trial_state.json`` (JSON) and the
+    trainers' weights-only checkpoints are read from it.
     """
-    from ray import tune
-
-    checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as src:
             shutil.copytree(src, work, dirs_exist_ok=True)
@@ -150,27 +150,57 @@ def _result(state: dict[str, Any], spec_id: str, max_epochs: int, target: str) -
 
 
 def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
-    """Ray Tune function trainable: train ``config["spec_id"]`` through the study's stages."""
+    """Ray Tune function trainable: train ``config["spec_id"]`` through the study's stages; with
+    ``resources.workers > 1`` data-parallel on that many Ray Train workers (``bhsearch.tune.ray_train``)."""
     from ray import tune
 
-    from bhsearch.spec import get_spec
-    from bhsearch.tune.noise import REPEAT_KEY, config_key
+    from bhsearch.tune.noise import config_key
     from bhsearch.tune.study import Study
 
     study_obj = Study.model_validate(study)
-    spec = get_spec(config["spec_id"])
-    repeat, key = int(config.get(REPEAT_KEY) or 0), config_key(config)
     context = tune.get_context()
     run_dir = context.get_storage().experiment_fs_path
+    if study_obj.resources.workers > 1:
+        from bhsearch.tune.ray_train import run_data_parallel
+
+        run_data_parallel(config, study, context, tune.get_checkpoint())
+        return
     work = trial_work_dir(run_dir, context.get_trial_id())
-    restored = _restore_work(work, run_dir, key)
+    restored = _restore_work(work, tune.get_checkpoint(), run_dir, config_key(config))
+
+    import torch
+
+    resources = context.get_trial_resources().required_resources if hasattr(context, "get_trial_resources") else {}
+    torch.set_num_threads(max(1, int(resources.get("CPU", study_obj.resources.cpu))))
+    device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
+
+    def send(result: dict[str, Any]) -> None:
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+    train_stages(study_obj, config, work, restored, device, send)
+
+
+def train_stages(
+    study_obj: Any, config: dict[str, Any], work: Path, restored: bool, device: str, send: Callable[[dict], None]
+) -> None:
+    """Train the trial's stages in ``work`` (restored from its checkpoint when ``restored``), calling
+    ``send(result)`` after every epoch once ``work`` holds the epoch's checkpoint; ``work`` is removed at the end.
+
+    In a data-parallel trial every process calls this with the same ``work`` (one node): rank 0 writes the
+    trial's state, and every process sends (``send`` attaches rank 0's checkpoint).
+    """
+    from bhsearch.spec import get_spec
+    from bhsearch.train import distributed
+    from bhsearch.tune.noise import REPEAT_KEY, config_key
+
+    spec = get_spec(config["spec_id"])
+    repeat, key = int(config.get(REPEAT_KEY) or 0), config_key(config)
     state = _read_state(work) if restored else {}
-    max_epochs = study_obj.max_epochs
+    max_epochs, target = study_obj.max_epochs, study_obj.target_metric
     if state.get("complete"):  # finished before an interruption: report its result once, train nothing
         # with the checkpoint it finished with, so this trial's folder holds its fine-tuned weights too
-        checkpoint = tune.Checkpoint.from_directory(str(work))
-        tune.report(_result(state, spec.id, max_epochs, study_obj.target_metric), checkpoint=checkpoint)
-        shutil.rmtree(work, ignore_errors=True)
+        send(_result(state, spec.id, max_epochs, target))
+        _remove_work(work)
         return
     state.setdefault("spec_id", key)
     state["repeat"] = repeat
@@ -178,15 +208,6 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     state.setdefault("metrics", {})
     state.setdefault("stages_done", [])
     state["attempts"] = state.get("attempts", 0) + 1
-
-    import torch
-
-    resources = context.get_trial_resources().required_resources if hasattr(context, "get_trial_resources") else {}
-    threads = max(1, int(resources.get("CPU", study_obj.resources.cpu)))
-    torch.set_num_threads(threads)
-    device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
-
-    target = study_obj.target_metric
     t_start = time.perf_counter() - state.get("train_time_s", 0.0)
 
     def report(stage: str, epoch: int, metrics: dict[str, Any], out_dir: Path) -> None:
@@ -207,9 +228,9 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
         state["complete"] = state["epochs_done"] >= max_epochs
         state["train_time_s"] = time.perf_counter() - t_start
         state["value"] = value
-        _write_state(work, state)
-        result = _result(state, spec.id, max_epochs, target)
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        if distributed.is_main():
+            _write_state(work, state)
+        send(_result(state, spec.id, max_epochs, target))
 
     pre_dir = work / "pretrain"
     for name in ("pretrain", "finetune"):
@@ -230,7 +251,16 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
             callback=report,
             **extra,
         )
-    shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in Tune's checkpoint
+    _remove_work(work)  # everything worth keeping is in Tune's checkpoint
 
 
-__all__ = ["FIDELITY_STEP", "fidelity_score", "run_trial", "stage_trainer", "work_root"]
+def _remove_work(work: Path) -> None:
+    """Remove the trial's scratch folder (rank 0, once every process is done with it)."""
+    from bhsearch.train import distributed
+
+    distributed.barrier()
+    if distributed.is_main():
+        shutil.rmtree(work, ignore_errors=True)
+
+
+__all__ = ["FIDELITY_STEP", "fidelity_score", "run_trial", "stage_trainer", "train_stages", "work_root"]
