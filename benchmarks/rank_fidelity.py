@@ -302,9 +302,17 @@ def analyse(rows, signals) -> dict:
     fidelity = {name: rank_fidelity(values, reference) for name, values in signals.items()}
 
     def paired(a: str, b: str, key: str = TARGET) -> dict:
+        """The paired difference over common seeds, plus the interval from the seed std pooled over every
+        candidate (``pooled_low`` / ``pooled_high``: the study report's test, df from all candidates)."""
         by_seed = {label: {r["seed"]: r[key] for r in rows[label]["reference"]} for label in (a, b)}
         seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
-        return paired_difference([by_seed[a][s] for s in seeds], [by_seed[b][s] for s in seeds])
+        out = paired_difference([by_seed[a][s] for s in seeds], [by_seed[b][s] for s in seeds])
+        pooled = noise_floor({k: [r[key] for r in row["reference"]] for k, row in rows.items()})
+        half = pooled.t * pooled.std * math.sqrt(2 / len(seeds)) if pooled.t is not None and seeds else None
+        out["pooled_low"] = None if half is None else out["mean"] - half
+        out["pooled_high"] = None if half is None else out["mean"] + half
+        out["pooled_df"] = pooled.df
+        return out
 
     return {
         "reference": reference,
@@ -338,7 +346,13 @@ def _diff_line(name: str, d: dict) -> str:
     if d["low"] is not None:
         verdict = " (exceeds the noise)" if d["low"] > 0 or d["high"] < 0 else " (within the noise)"
     per_seed = ", ".join(f"{x:+.2f}" for x in d["diffs"])
-    return f"{name}: {d['mean']:+.2f}, 95 % interval [{_f(d['low'])}, {_f(d['high'])}], per seed {per_seed}{verdict}"
+    line = f"{name}: {d['mean']:+.2f}, per seed {per_seed}; paired 95 % interval [{_f(d['low'])}, {_f(d['high'])}]"
+    line += f"{verdict}"
+    lo, hi = d.get("pooled_low"), d.get("pooled_high")
+    if lo is not None:
+        pooled = "exceeds the noise" if lo > 0 or hi < 0 else "within the noise"
+        line += f"; with the pooled seed std (df {d['pooled_df']}) [{_f(lo)}, {_f(hi)}] ({pooled})"
+    return line
 
 
 def candidate_table(rows, scores, analysis) -> list[str]:

@@ -151,3 +151,9 @@ def test_booleans_are_not_numbers(tmp_path):
         tmp_path, VALID.replace("num_samples: 3", "num_samples: true")
     )
     assert "width_mult must be a number" in error_of(tmp_path, VALID.replace("width_mult: 0.125", "width_mult: yes"))
+
+
+def test_prefilter_score_defaults_to_activations():
+    from bhsearch.tune.study import PrefilterConfig
+
+    assert PrefilterConfig(keep=8).score == "activations"

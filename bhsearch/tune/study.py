@@ -103,9 +103,12 @@ class SpaceConfig(_Strict):
 
 class PrefilterConfig(_Strict):
     """Keep the ``keep`` solver candidates of best training-free ``score`` before any trial starts
-    (``bhsearch score``: zen, synflow, naswot, gradnorm, or params / flops / activations / bh_share)."""
+    (``bhsearch score``: zen, synflow, naswot, gradnorm, or params / flops / activations / bh_share).
 
-    score: str
+    The default score, ``activations``, is the training-free signal that ranked the trained candidates best in
+    the ranking-fidelity benchmark (docs/results/rank-fidelity.md), with no torch and no network to build."""
+
+    score: str = "activations"
     keep: int = Field(ge=1)
     width_mult: float = Field(default=1.0, gt=0, le=4)  # relative to the study's (width-scaled) specs
     batch: int = Field(default=2, ge=2)
