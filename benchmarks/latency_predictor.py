@@ -46,15 +46,30 @@ def _parse() -> argparse.Namespace:
         "--clock",
         default="auto",
         choices=["auto", "wall", "cpu"],
-        help="timer: auto (thread CPU time with 1 thread, else wall; always wall for onnxruntime, whose "
-        "threads are its own), wall or cpu",
+        help="timer: auto (the thread's CPU time with 1 thread: torch and onnxruntime then compute in the calling "
+        "thread; wall time with more), wall or cpu",
     )
     p.add_argument("--profiles", type=int, default=3, help="independent profiles (and measurements) per setting")
     p.add_argument("--train", type=int, default=8, help="training networks for the fitted baselines (base first)")
     p.add_argument("--candidates", type=int, default=20, help="held-out random candidates of the space")
     p.add_argument("--max-blocks", type=int, default=8, help="cap on the depth per stage of random candidates")
-    p.add_argument("--reps", type=int, default=3, help="timed end-to-end runs per network (median)")
+    p.add_argument("--reps", type=int, default=3, help="timed end-to-end runs per network and round")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds over all networks after each profile (each: warm-up, --reps runs); a network's latency is "
+        "the median over rounds of each round's --stat, so a slow spell of the machine hits one round of "
+        "several networks, not all of one network's runs (default 3)",
+    )
     p.add_argument("--profile-reps", type=int, default=5, help="timed runs per unit in the profile (median)")
+    p.add_argument(
+        "--stat",
+        default="median",
+        choices=["median", "min"],
+        help="statistic of the repetitions, for the table's prediction and the measured networks alike: median "
+        "(default) or min (robust to other processes taking a core, which only ever adds time)",
+    )
     p.add_argument("--ridge", type=float, default=1.0, help="ridge weight of the corrected predictor (towards 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
@@ -81,6 +96,27 @@ def _candidates(base, n: int, max_blocks: int, rng: random.Random, exclude: set[
             exclude.add(spec.id)
             out.append(spec)
     return out
+
+
+def _measure_rows(specs, table, args, size: str, threads: int, clock: str, runtime: str) -> list[dict]:
+    """Measured (``--rounds`` interleaved rounds) and predicted latency of every spec, both statistics."""
+    from bhsearch.latency import measure_latency, predict_latency
+
+    runs: dict[str, list[dict]] = {s.id: [] for s in specs}
+    for _ in range(args.rounds):
+        for spec in specs:
+            m = measure_latency(spec, size, threads=threads, warmup=1, reps=args.reps, clock=clock, runtime=runtime)
+            runs[spec.id].append(m)
+    rows = []
+    for spec in specs:
+        row = {"spec": spec.id, "spread": statistics.median(m["spread"] for m in runs[spec.id])}
+        for stat in ("median", "min"):
+            row[f"measured_{stat}_s"] = statistics.median(m[f"{stat}_s"] for m in runs[spec.id])
+            row[f"predicted_{stat}_s"] = predict_latency(spec, size, table, stat=stat, runtime=runtime)
+        row["rounds_s"] = [m[f"{args.stat}_s"] for m in runs[spec.id]]
+        row.update(measured_s=row[f"measured_{args.stat}_s"], predicted_s=row[f"predicted_{args.stat}_s"])
+        rows.append(row)
+    return rows
 
 
 def _mape(pred: list[float], meas: list[float]) -> float:
@@ -149,13 +185,14 @@ def main() -> int:
     import torch
 
     import bhsearch
-    from bhsearch.latency import load_table, measure_latency, predict_latency, profile_space
+    from bhsearch.latency import load_table, predict_latency, profile_space
     from bhsearch.latency import units as units_mod
 
     size = args.input
     threads_list = [int(t) for t in args.threads.split(",")]
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
-    print(f"# torch {torch.__version__}, input {size}, widths x{args.scale}, batch 1 fp32, {args.profiles} profiles")
+    print(f"# torch {torch.__version__}, input {size}, widths x{args.scale}, batch 1 fp32, {args.profiles} profiles, "
+          f"{args.stat} of the repetitions")  # fmt: skip
     results: dict = {"settings": vars(args), "settings_runs": []}
     work = Path(tempfile.mkdtemp(prefix="latency-bench-"))
     for name in [s.strip() for s in args.spaces.split(",") if s.strip()]:
@@ -169,7 +206,7 @@ def main() -> int:
             for threads in threads_list:
                 clock = args.clock
                 if clock == "auto":
-                    clock = "cpu" if threads == 1 and runtime != "onnxruntime" else "wall"
+                    clock = "cpu" if threads == 1 else "wall"
                 label = f"{name} x{args.scale} / {runtime} / {threads} thread(s) / {clock} clock"
                 print(f"\n## {label}: {len(train_specs)} training + {len(test_specs)} held-out networks", flush=True)
                 per_profile = []
@@ -179,20 +216,10 @@ def main() -> int:
                     table = profile_space(base, size, device="cpu", threads=threads, clock=clock, runtime=runtime,
                                           reps=args.profile_reps, out=out, resume=False)  # fmt: skip
                     profile_s = time.perf_counter() - t0
-                    rows = []
-                    for spec in train_specs + test_specs:
-                        m = measure_latency(spec, size, threads=threads, warmup=1, reps=args.reps, clock=clock,
-                                            runtime=runtime)  # fmt: skip
-                        rep = costs[spec.id]
-                        rows.append({
-                            "spec": spec.id,
-                            "measured_s": m["median_s"],
-                            "spread": m["spread"],
-                            "predicted_s": predict_latency(spec, size, table, runtime=runtime),
-                            "flops": rep.flops,
-                            "acts": rep.activations,
-                            "shares": _stage_shares(spec, size),
-                        })  # fmt: skip
+                    rows = _measure_rows(train_specs + test_specs, table, args, size, threads, clock, runtime)
+                    for row in rows:
+                        row.update(flops=costs[row["spec"]].flops, acts=costs[row["spec"]].activations)
+                        row["shares"] = _stage_shares(bhsearch.get_spec(row["spec"]), size)
                     scores = _evaluate(rows[: len(train_specs)], rows[len(train_specs) :], args.ridge)
                     warnings = [w["message"] for w in load_table(out).warnings]
                     per_profile.append({"profile_s": profile_s, "units": len(table.units), "scores": scores,

@@ -70,6 +70,12 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+#: Least warm-up time (seconds) of :func:`time_module` when it warms up at all: onnxruntime sessions and
+#: oneDNN primitives run their first 2-4 calls up to 2x slower (thread pools spinning up, memory arenas
+#: growing), so a fixed single warm-up call left 30-50 % spread in millisecond units on this project's
+#: CPU machine and biased their medians upwards.
+WARMUP_S = 0.25
+
 #: glibc ``mallopt`` parameters and the values :func:`steady_allocator` sets (bytes).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 STEADY_TRIM_BYTES, STEADY_MMAP_BYTES = 512 << 20, 256 << 20
@@ -158,11 +164,15 @@ def time_callable(
     reps: int = 7,
     clock: str = "wall",
     account: CpuAccount | None = None,
+    warmup_s: float = 0.0,
 ) -> list[float]:
-    """Seconds per call of ``fn`` for ``reps`` calls after ``warmup`` untimed ones (CUDA events on GPU,
-    else ``clock``: wall time or the calling thread's CPU time). ``account`` adds the timed passes'
-    wall and process CPU time."""
+    """Seconds per call of ``fn`` for ``reps`` calls after ``warmup`` untimed ones, and more untimed ones
+    until ``warmup_s`` seconds of warm-up have passed (CUDA events on GPU, else ``clock``: wall time or
+    the calling thread's CPU time). ``account`` adds the timed passes' wall and process CPU time."""
+    w0 = time.perf_counter()
     for _ in range(warmup):
+        fn()
+    while warmup and time.perf_counter() - w0 < warmup_s:
         fn()
     times = []
     w0, c0 = time.perf_counter(), time.process_time()
@@ -349,10 +359,13 @@ def time_module(
 ) -> dict[str, Any]:
     """Time ``module`` on a random ``input_shape`` batch (a list of shapes for several inputs):
     inference (no autograd) or a training step (forward + backward; ``input_grad`` also computes the
-    input's gradient, as inside a network). ``runtime="onnxruntime"``: inference in onnxruntime."""
+    input's gradient, as inside a network). ``runtime="onnxruntime"``: inference in onnxruntime.
+    With ``warmup`` >= 1 the warm-up lasts at least ``WARMUP_S`` seconds; the allocator is
+    :func:`steady_allocator`'s, so units and whole networks are timed alike."""
     _check_mode(mode)
     _check_reps(warmup, reps)
     check_runtime(runtime, mode, device)
+    steady_allocator()
     module = module.to(device=device, dtype=dtype)
     x = _input(input_shape, device, dtype, input_grad and mode == "train")
     if runtime == "onnxruntime":
@@ -361,7 +374,7 @@ def time_module(
         fn, warmup = _step_fn(torch.compile(module), x, mode), max(1, warmup)
     else:
         fn = _step_fn(module, x, mode)
-    return summarize(time_callable(fn, device, warmup, reps, clock, account))
+    return summarize(time_callable(fn, device, warmup, reps, clock, account, warmup_s=WARMUP_S))
 
 
 # --------------------------------------------------------------------------- memory

@@ -4,8 +4,8 @@ Every distinct unit the space can produce is measured once (warm-up, repetitions
 inference and in a training step, with its memory; the table is rewritten after every unit, so a
 killed profile keeps what it measured and ``resume=True`` measures only what is missing. Then the
 per-network overhead term is measured on whole networks (end-to-end minus the sum of their units).
-Each run records the machine's load and, for the wall clock, the process CPU time per wall second of
-its timed passes in ``table.quality["runs"]`` (see :func:`bhsearch.latency.table.assess`).
+Each run records the machine's load (the cores other processes used while it ran, from ``/proc/stat``,
+and the load average) and, for the wall clock, the process CPU time per wall second of its timed passes in ``table.quality["runs"]`` (see :func:`bhsearch.latency.table.assess`).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def profile_space(
     account = m.CpuAccount()
     run = {"started": _now(), "runtime": runtime, "threads": settings["threads"], "clock": settings["clock"],
            "cpus": available_cpus(), "load_start": load_average()}  # fmt: skip
-    t_run = time.perf_counter()
+    t_run, busy0, own0 = time.perf_counter(), cpu_busy_seconds(), process_cpu_seconds()
     bar = _progress(progress, total, f"profiling {len(todo)} of {len(units)} units")
     try:
         for done, unit in enumerate(todo, start=1):
@@ -181,9 +181,12 @@ def profile_space(
     finally:
         bar.close()
         if total and account.wall_s > 0:  # a run that measured something: keep its machine readings
+            wall, busy1 = time.perf_counter() - t_run, cpu_busy_seconds()
+            busy = None if busy0 is None or busy1 is None else busy1 - busy0
             run.update(
                 ended=_now(),
-                wall_s=round(time.perf_counter() - t_run, 3),
+                wall_s=round(wall, 3),
+                other_cores=other_cores(busy, process_cpu_seconds() - own0, wall),
                 load_end=load_average(),
                 timed_wall_s=round(account.wall_s, 6),
                 timed_cpu_s=round(account.cpu_s, 6),
@@ -199,6 +202,44 @@ def load_average() -> float | None:
         return round(os.getloadavg()[0], 3)
     except (OSError, AttributeError):
         return None
+
+
+def cpu_busy_seconds(cpus: Iterable[int] | None = None, stat_text: str | None = None) -> float | None:
+    """Seconds the cores ``cpus`` (default: those this process may run on) have been busy since boot,
+    from ``/proc/stat``: all but idle and iowait, steal included (a hypervisor running other guests
+    takes the core). None where there is no ``/proc/stat``. ``stat_text`` replaces the file (tests)."""
+    if stat_text is None:
+        try:
+            stat_text = Path("/proc/stat").read_text()
+        except OSError:
+            return None
+    if cpus is None:
+        try:
+            cpus = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            cpus = range(os.cpu_count() or 1)
+    wanted = {f"cpu{c}" for c in cpus}
+    ticks = 0
+    for line in stat_text.splitlines():
+        name, *fields = line.split()
+        if name in wanted and len(fields) >= 8:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK") if wanted else None
+
+
+def process_cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and its waited-for children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def other_cores(busy_s: float | None, own_s: float, wall_s: float) -> float | None:
+    """Cores used on average by other processes over ``wall_s`` seconds, from the busy seconds of this
+    process's cores and its own CPU seconds over the same interval (None without readings)."""
+    if busy_s is None or wall_s <= 0:
+        return None
+    return round(max(0.0, busy_s - own_s) / wall_s, 3)
 
 
 def available_cpus() -> int | None:

@@ -43,9 +43,10 @@ INFERENCE_ONLY_RUNTIMES = ("onnxruntime", "compile")
 #: relative spread of a measurement: (p90 - p10) / median over its repetitions; a profile whose median
 #: spread over its units (or over its whole networks) exceeds this is marked.
 SPREAD_LIMIT = 0.10
-#: a profile is marked as taken on a loaded machine when the 1-minute load average of *other*
-#: processes (at the start; at the end less this profile's own threads) exceeds the cores left free
-#: for it (cores - threads) by more than this.
+#: a profile is marked as taken on a loaded machine when other processes used more cores on average
+#: while it ran (``/proc/stat``; tables without that reading: the 1-minute load average of other
+#: processes at the start, or at the end less this profile's own threads) than the cores left free for
+#: it (cores - threads) by more than this.
 LOAD_SLACK = 0.5
 #: with the wall clock, process CPU time / wall time over the timed passes below this means the
 #: profile was off the CPU (waiting for a core) for the rest of the time.
@@ -317,12 +318,29 @@ def _other_load(run: dict[str, Any], at: str) -> float | None:
     end the run's own contribution, ``threads * (1 - exp(-wall / 60))`` (the kernel's exponential
     average over its wall time), is subtracted."""
     load = run.get(f"load_{at}")
-    if load is None:
+    if not isinstance(load, (int, float)):
         return None
     if at == "end":
         wall = float(run.get("wall_s") or 0.0)
         load -= float(run.get("threads") or 1) * (1 - math.exp(-wall / 60.0))
     return max(0.0, float(load))
+
+
+def _loaded(run: dict[str, Any], cpus: int, threads: int) -> str | None:
+    """What made a profiling run loaded, or None: the cores other processes used while it ran where it
+    was read (``other_cores``), else the load averages at its start and end."""
+    free = max(0, cpus - threads)
+    other = run.get("other_cores")
+    if isinstance(other, (int, float)):
+        if other > free + LOAD_SLACK:
+            return f"ran while other processes used {other:.2f} cores on average"
+        return None
+    loaded = []
+    for at in ("start", "end"):
+        value = _other_load(run, at)
+        if value is not None and value > free + LOAD_SLACK:
+            loaded.append(f"{at} {run[f'load_{at}']:.2f} ({value:.2f} from other processes)")
+    return f"had a 1-min load average at its {' and '.join(loaded)}" if loaded else None
 
 
 def assess(table: LatencyTable) -> list[dict[str, str]]:
@@ -331,8 +349,9 @@ def assess(table: LatencyTable) -> list[dict[str, str]]:
     * ``spread``: the median relative spread (p90 - p10) / median of a runtime's units, per mode,
       or of its whole networks exceeds ``SPREAD_LIMIT``;
     * ``negative-overhead``: an overhead term (whole networks minus the sum of their units) is negative;
-    * ``loaded``: at the start or end of a profiling run, the 1-minute load average of other processes
-      exceeded the cores left free for its threads by more than ``LOAD_SLACK``;
+    * ``loaded``: while a profiling run ran, other processes used more cores on average than those left
+      free for its threads by more than ``LOAD_SLACK`` (older tables: the 1-minute load average of other
+      processes at its start or end);
     * ``off-cpu``: with the wall clock, process CPU time / wall time over the timed passes was below
       ``CPU_WALL_MIN``.
     """
@@ -376,18 +395,13 @@ def assess(table: LatencyTable) -> list[dict[str, str]]:
         cpus, threads = run.get("cpus"), run.get("threads") or 1
         label = f"profiling run {i + 1} ({run.get('started', '?')}, {run.get('runtime', 'torch')})"
         if cpus:
-            free = max(0, cpus - threads)
-            loaded = []
-            for at in ("start", "end"):
-                other = _other_load(run, at)
-                if other is not None and other > free + LOAD_SLACK:
-                    loaded.append(f"{at} {run[f'load_{at}']:.2f} ({other:.2f} from other processes)")
-            if loaded:
+            problem = _loaded(run, cpus, threads)
+            if problem:
                 out.append(
                     {
                         "code": "loaded",
-                        "message": f"loaded machine: {label} had a 1-min load average at its {' and '.join(loaded)} "
-                        f"on {cpus} cores for {threads} thread(s) (limit: cores - threads + {LOAD_SLACK})",
+                        "message": f"loaded machine: {label} {problem} on {cpus} cores for {threads} thread(s) "
+                        f"(limit: cores - threads + {LOAD_SLACK})",
                     }
                 )
         cpu_s, wall_s = run.get("timed_cpu_s"), run.get("timed_wall_s")
