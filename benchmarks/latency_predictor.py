@@ -2,9 +2,11 @@
 
 For every space (ResNet-50 and HRNet-32 at ``--scale`` of their widths, their default design spaces),
 runtime (``--runtimes``) and thread count (``--threads``), and for each of ``--profiles`` independent
-repetitions: profile the space into a fresh lookup table, measure end-to-end inference latency of
+repetitions: profile the space into a fresh lookup table and measure end-to-end inference latency of
 ``--train`` training networks (the base and random candidates) and ``--candidates`` held-out random
-candidates, then score on the held-out networks only (MAPE, Spearman):
+candidates in ``--rounds`` rounds, half before the profile and half after (a network's latency is the
+median over its rounds, so a slow drift of the machine's speed cancels between table and measurement),
+then score on the held-out networks only (MAPE, Spearman):
 
 * ``predictor``: the table's prediction (sum of units + overhead term), fitted on nothing;
 * ``flops`` / ``acts``: latency proportional to paper FLOPs / conv output elements, the factor fitted
@@ -57,10 +59,10 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="rounds over all networks after each profile (each: warm-up, --reps runs); a network's latency is "
-        "the median over rounds of each round's --stat, so a slow spell of the machine hits one round of "
-        "several networks, not all of one network's runs (default 3)",
+        default=2,
+        help="rounds over all networks per profile, half before it and half after (each: warm-up, --reps runs); a "
+        "network's latency is the median over rounds of each round's --stat, so a slow drift of the machine's "
+        "speed cancels between the profile and the measurements (default 2)",
     )
     p.add_argument("--profile-reps", type=int, default=5, help="timed runs per unit in the profile (median)")
     p.add_argument(
@@ -98,22 +100,28 @@ def _candidates(base, n: int, max_blocks: int, rng: random.Random, exclude: set[
     return out
 
 
-def _measure_rows(specs, table, args, size: str, threads: int, clock: str, runtime: str) -> list[dict]:
-    """Measured (``--rounds`` interleaved rounds) and predicted latency of every spec, both statistics."""
-    from bhsearch.latency import measure_latency, predict_latency
+def _measure_round(specs, args, size: str, threads: int, clock: str, runtime: str) -> dict[str, dict]:
+    """One round: every spec measured once (warm-up, then ``--reps`` runs), in turn."""
+    from bhsearch.latency import measure_latency
 
-    runs: dict[str, list[dict]] = {s.id: [] for s in specs}
-    for _ in range(args.rounds):
-        for spec in specs:
-            m = measure_latency(spec, size, threads=threads, warmup=1, reps=args.reps, clock=clock, runtime=runtime)
-            runs[spec.id].append(m)
+    return {
+        spec.id: measure_latency(spec, size, threads=threads, warmup=1, reps=args.reps, clock=clock, runtime=runtime)
+        for spec in specs
+    }
+
+
+def _rows(specs, table, rounds: list[dict[str, dict]], args, size: str, runtime: str) -> list[dict]:
+    """Per spec: measured (median over rounds of each round's statistic) and predicted, both statistics."""
+    from bhsearch.latency import predict_latency
+
     rows = []
     for spec in specs:
-        row = {"spec": spec.id, "spread": statistics.median(m["spread"] for m in runs[spec.id])}
+        runs = [r[spec.id] for r in rounds]
+        row = {"spec": spec.id, "spread": statistics.median(m["spread"] for m in runs)}
         for stat in ("median", "min"):
-            row[f"measured_{stat}_s"] = statistics.median(m[f"{stat}_s"] for m in runs[spec.id])
+            row[f"measured_{stat}_s"] = statistics.median(m[f"{stat}_s"] for m in runs)
             row[f"predicted_{stat}_s"] = predict_latency(spec, size, table, stat=stat, runtime=runtime)
-        row["rounds_s"] = [m[f"{args.stat}_s"] for m in runs[spec.id]]
+        row["rounds_s"] = [m[f"{args.stat}_s"] for m in runs]
         row.update(measured_s=row[f"measured_{args.stat}_s"], predicted_s=row[f"predicted_{args.stat}_s"])
         rows.append(row)
     return rows
@@ -209,14 +217,17 @@ def main() -> int:
                     clock = "cpu" if threads == 1 else "wall"
                 label = f"{name} x{args.scale} / {runtime} / {threads} thread(s) / {clock} clock"
                 print(f"\n## {label}: {len(train_specs)} training + {len(test_specs)} held-out networks", flush=True)
-                per_profile = []
+                per_profile, specs = [], train_specs + test_specs
                 for k in range(args.profiles):
                     out = work / f"{name}-{runtime}-{threads}-{k}.json"
+                    measure = (specs, args, size, threads, clock, runtime)
+                    before = [_measure_round(*measure) for _ in range(args.rounds - args.rounds // 2)]
                     t0 = time.perf_counter()
                     table = profile_space(base, size, device="cpu", threads=threads, clock=clock, runtime=runtime,
                                           reps=args.profile_reps, out=out, resume=False)  # fmt: skip
                     profile_s = time.perf_counter() - t0
-                    rows = _measure_rows(train_specs + test_specs, table, args, size, threads, clock, runtime)
+                    after = [_measure_round(*measure) for _ in range(args.rounds // 2)]
+                    rows = _rows(specs, table, before + after, args, size, runtime)
                     for row in rows:
                         row.update(flops=costs[row["spec"]].flops, acts=costs[row["spec"]].activations)
                         row["shares"] = _stage_shares(bhsearch.get_spec(row["spec"]), size)

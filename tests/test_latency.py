@@ -312,7 +312,13 @@ def test_cli_profile_and_refusal(tmp_path):
 
 # --------------------------------------------------------------------------- quality of a table
 
-from bhsearch.latency.table import CPU_WALL_MIN, LOAD_SLACK, SPREAD_LIMIT, assess  # noqa: E402
+from bhsearch.latency.table import (  # noqa: E402
+    CPU_WALL_MIN,
+    LOAD_SLACK,
+    NEGATIVE_OVERHEAD_TOLERANCE,
+    SPREAD_LIMIT,
+    assess,
+)
 
 
 def _codes(table) -> list[str]:
@@ -363,6 +369,12 @@ def test_negative_overhead_warns():
     assert _codes(table) == ["negative-overhead"]
     assert "64x48" in warnings[0]["message"] and "train -4.00 ms" in warnings[0]["message"]
     assert "inference" not in warnings[0]["message"].split("(")[1]
+    # with its whole networks' times in the table, only a term beyond the noise tolerance marks it
+    networks = [{"spec": TINY.id, "inference_median_measured_s": 0.1, "train_median_measured_s": 0.3}]
+    table.overhead[SIZE]["networks"] = networks
+    assert _codes(table) == []  # -4 ms on 300 ms networks: -1.3 %
+    table.overhead[SIZE]["train_s"] = -(NEGATIVE_OVERHEAD_TOLERANCE + 0.001) * 0.3
+    assert _codes(table) == ["negative-overhead"]
 
 
 def _run(**kw):

@@ -24,9 +24,10 @@ minute per unit on a CPU). `count/solve --runtime RUNTIME` predict from them.
 Every unit and whole network keeps the relative spread of its repetitions, (p90 - p10) / median.
 A profile is marked (one WARNING line per problem on stderr, and in the table's "quality" field,
 which `count --profile` and `solve --profile` repeat) when the median spread of its units or whole
-networks exceeds 10 %, when an overhead term is negative, when the 1-minute load average of other
-processes at its start or end exceeded the cores free for its threads by more than 0.5, or (wall
-clock) when its process used < 0.9 s of CPU time per second of its timed passes.
+networks exceeds 10 %, when an overhead term is negative, when other processes used more cores on
+average while it ran (read from /proc/stat; elsewhere: their 1-minute load average at its start or
+end) than those free for its threads, plus 0.5, or (wall clock) when its process used < 0.9 s of
+CPU time per second of its timed passes.
 """
 
 EPILOG = """getting a clean table:
