@@ -372,7 +372,7 @@ def test_negative_overhead_warns():
     # with its whole networks' times in the table, only a term beyond the noise tolerance marks it
     networks = [{"spec": TINY.id, "inference_median_measured_s": 0.1, "train_median_measured_s": 0.3}]
     table.overhead[SIZE]["networks"] = networks
-    assert _codes(table) == []  # -4 ms on 300 ms networks: -1.3 %
+    assert _codes(table) == []  # -4 ms on 300 ms networks: -1.3 %, within the noise
     table.overhead[SIZE]["train_s"] = -(NEGATIVE_OVERHEAD_TOLERANCE + 0.001) * 0.3
     assert _codes(table) == ["negative-overhead"]
 

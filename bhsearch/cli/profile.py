@@ -72,7 +72,7 @@ def register(subparsers) -> None:
         "'export' extra) or compile (torch.compile, inference only; minutes of compiling per unit on CPU); "
         "one table holds several",
     )
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing; default 1")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing, lasting at least 0.25 s when >= 1; default 1")
     p.add_argument("--reps", type=int, default=5, help="timed runs, the median is kept; default 5")
     p.add_argument(
         "--resume",
