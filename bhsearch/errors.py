@@ -7,6 +7,9 @@ class BhsearchError(Exception):
     """Base class for every error bhsearch reports to a user without a traceback."""
 
     exit_code = 1
+    #: True when a native thread was left running (a Ray connect that never answered): the command line
+    #: then ends the process at once after the message, as interpreter shutdown could abort inside it.
+    exit_at_once = False
 
 
 class UsageError(BhsearchError, ValueError):

@@ -1,12 +1,18 @@
 """Data-parallel training: torchrun with 2 CPU processes (gloo) against one process with the same global batch.
 
-Pre-training a ResNet-50 at 1/16 width on 384 synthetic CIFAR-100 images for 2 epochs: one process with
-batch 64 against 2 processes with batch 32 each. With GroupNorm (no batch statistics) the two compute the
-same function up to the order of floating-point sums: measured 6e-8 relative in the training loss,
-identical evaluation metrics, weights within 6e-5 of each tensor's largest value (asserted: 1e-5 and 5e-4).
-With BatchNorm each process normalises its 32 images with their own statistics, a different (noisier)
-model than BN over 64, so only a loose agreement is expected (slow test). Each fast test here takes
-35-50 s (two torchrun starts plus training on 2 cores).
+Parity (``PARITY``): a ResNet-50 at 1/4 width, GroupNorm (no batch statistics), 2 steps on 128 synthetic
+CIFAR-100 images: one process with batch 64 against 2 processes with batch 32 each compute the same function
+up to the order of floating-point sums. Measured 2026-12-06: weights 7.6e-6 apart (relative, whole model;
+6e-5 for the worst weight tensor), training loss 1e-7, evaluation loss 8e-6 — the same size as one process
+at 1 against 2 threads (1e-5 / 7e-5). A gradient not averaged over the processes moves the weights ~1e-2.
+Parity is checked over 2 steps of a 1/4-width net because a 1/16-width net on 32-px images is
+ill-conditioned: its float32 gradients are 0.7 % from float64 at initialisation and 12 steps at lr 0.05
+take two summation orders 3 % apart (one process at 1 and 2 threads as much as 2 against 1 processes).
+
+The other fast tests (``SETTINGS``: 1/16 width, 2 epochs, 12 steps) check the run folder, the checkpoint
+and resume. With BatchNorm each process normalises its 32 images with their own statistics, a different
+(noisier) model than BN over 64, so only a loose agreement is expected (slow test). Each fast test here
+takes 15-50 s (torchrun starts plus training on 2 cores).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ SETTINGS = dict(
     max_train_samples=384,
     max_eval_samples=128,
 )
+PARITY = {**SETTINGS, "epochs": 1, "width_mult": 0.25, "max_train_samples": 128, "max_eval_samples": 64}
 # relative, per epoch: measured 1.5 % (fine-tuning, per-process RPN/ROI sampling) and 0.45 % (BatchNorm)
 FINETUNE_LOSS_TOL = 0.1
 BN_LOSS_TOL = 0.02
@@ -80,32 +87,39 @@ def max_rel(a: float, b: float) -> float:
 
 @pytest.fixture(scope="module")
 def gn_runs(synthetic_data, tmp_path_factory):
-    """(one process, batch 64) and (2 processes, batch 32 each) GroupNorm runs: (out, history) pairs."""
+    """A 2-process GroupNorm run with ``SETTINGS`` (batch 32 each): its out folder, history and process."""
     root = tmp_path_factory.mktemp("ddp-gn")
-    one = run_pretrain("resnet50", synthetic_data.cifar100_ref, PretrainConfig(**SETTINGS, batch_size=64), root / "one")
     t0 = time.perf_counter()
     proc = cli_pretrain(root / "two", synthetic_data.cifar100_ref, {**SETTINGS, "batch_size": 32})
     wall = time.perf_counter() - t0
     two = loop.read_metrics(root / "two" / "metrics.jsonl")
-    return {"one": (root / "one", one["history"]), "two": (root / "two", two), "proc": proc, "wall_s": wall}
+    return {"two": (root / "two", two), "proc": proc, "wall_s": wall}
 
 
-@pytest.mark.slow  # fails on fresh clones since 2026-12-02 (loss 1.1e-5, top-5 one image, weights 2.8 % apart): to diagnose
-def test_two_processes_match_one_process_with_the_same_global_batch(gn_runs):
-    _, one = gn_runs["one"]
-    out, two = gn_runs["two"]
-    assert [r["epoch"] for r in two] == [1, 2]
-    for a, b in zip(one, two, strict=True):
-        for key in ("loss", "eval_loss", "top1", "top5", "lr"):
-            assert max_rel(a[key], b[key]) < 1e-5, (key, a[key], b[key])
-    # the weights too (float sums in another order: ~1e-7 relative per step)
+def weight_distance(a: Path, b: Path) -> tuple[float, float]:
+    """(whole-model, worst weight tensor) relative L2 distance between two ``backbone.safetensors``."""
     from safetensors.torch import load_file
 
-    wa = load_file(str(gn_runs["one"][0] / "backbone.safetensors"))
-    wb = load_file(str(out / "backbone.safetensors"))
+    wa, wb = load_file(str(a / "backbone.safetensors")), load_file(str(b / "backbone.safetensors"))
     assert wa.keys() == wb.keys()
-    worst = max(float((wa[k] - wb[k]).abs().max() / wa[k].abs().max().clamp_min(1e-12)) for k in wa)
-    assert worst < 5e-4, worst  # measured 5.8e-5
+    diff = sum(float((wa[k] - wb[k]).double().pow(2).sum()) for k in wa) ** 0.5
+    whole = diff / sum(float(wa[k].double().pow(2).sum()) for k in wa) ** 0.5
+    worst = max(float((wa[k] - wb[k]).norm() / wa[k].norm()) for k in wa if wa[k].dim() > 1)
+    return whole, worst
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(synthetic_data, tmp_path):
+    data = synthetic_data.cifar100_ref
+    one = run_pretrain("resnet50", data, PretrainConfig(**PARITY, batch_size=64), tmp_path / "one")["history"]
+    cli_pretrain(tmp_path / "two", data, {**PARITY, "batch_size": 32})
+    two = loop.read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert len(one) == len(two) == 1
+    for key in ("loss", "eval_loss", "lr"):
+        assert max_rel(one[0][key], two[0][key]) < 1e-4, (key, one[0][key], two[0][key])  # measured 8e-6
+    for key in ("top1", "top5"):  # a near-tied logit may flip: at most one of the 64 evaluation images
+        assert abs(one[0][key] - two[0][key]) <= 100 / 64 + 1e-9, (key, one[0][key], two[0][key])
+    whole, worst = weight_distance(tmp_path / "one", tmp_path / "two")
+    assert whole < 1e-4 and worst < 1e-3, (whole, worst)  # measured 7.6e-6 and 6e-5
 
 
 def test_rank_zero_writes_the_run_and_the_checkpoint_holds_every_rank(gn_runs):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import re
 import sys
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_now(code: int) -> None:
+    """End the process with ``code`` without interpreter shutdown (atexit hooks, thread teardown)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -76,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except BhsearchError as exc:
         print(f"bhsearch {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        if exc.exit_at_once:
+            _exit_now(exc.exit_code)
         return exc.exit_code
     except RuntimeError as exc:
         if "DataLoader worker" not in str(exc):

@@ -298,10 +298,12 @@ def _init_with_timeout(address: str, timeout: float) -> None:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise UsageError(
+        error = UsageError(
             f"cannot connect to the Ray cluster at {address!r}: no answer within {timeout:g} s "
             "(is it a Ray head's GCS port? --connect-timeout or BHSEARCH_RAY_CONNECT_TIMEOUT_S sets the wait)"
         )
+        error.exit_at_once = True  # the thread still retries in C++: shutting Python down beside it can abort
+        raise error
     exc = box.get("error")
     if isinstance(exc, (ConnectionError, RuntimeError, ValueError)):
         raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
