@@ -8,7 +8,9 @@ candidates in ``--rounds`` rounds, half before the profile and half after (a net
 median over its rounds, so a slow drift of the machine's speed cancels between table and measurement),
 then score on the held-out networks only (MAPE, Spearman):
 
-* ``predictor``: the table's prediction (sum of units + overhead term), fitted on nothing;
+* ``predictor``: the table's prediction (sum of units + overhead term ``a + b x``, fitted by the profile on
+  its own whole networks), fitted on nothing here;
+* ``constant``: the sum of units + the median residual of the same whole networks (no boundary slope);
 * ``flops`` / ``acts``: latency proportional to paper FLOPs / conv output elements, the factor fitted
   by least squares on the training networks (what matching on FLOPs or activations assumes);
 * ``corrected``: the predictor times a per-stage correction, measured / predicted ~ sum_s c_s x
@@ -34,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("predictor", "corrected", "flops", "acts")
+METHODS = ("predictor", "constant", "corrected", "flops", "acts")
 
 
 def _parse() -> argparse.Namespace:
@@ -80,23 +82,10 @@ def _parse() -> argparse.Namespace:
 
 def _candidates(base, n: int, max_blocks: int, rng: random.Random, exclude: set[str]):
     """``n`` distinct random candidates of the base's default design space (depth capped per stage)."""
-    from bhsearch.solver import _FAMILIES, load_space
+    from bhsearch.solver import load_space, random_candidates
 
-    space = load_space(None, base)
-    family = _FAMILIES[space.family]
-    out = []
-    for _ in range(100 * n + 100):
-        if len(out) == n:
-            break
-        glob = rng.choice(space.globals)
-        choice = []
-        for ax in space.axes:
-            options = [o for o, d in zip(ax.options, ax.depths, strict=True) if d <= max_blocks] or ax.options[:1]
-            choice.append(rng.choice(options))
-        spec = family.make_spec(base, glob, tuple(choice))
-        if spec.id not in exclude:
-            exclude.add(spec.id)
-            out.append(spec)
+    out = random_candidates(load_space(None, base), base, n, rng.randrange(2**32), max_blocks, sorted(exclude))
+    exclude.update(s.id for s in out)
     return out
 
 
@@ -123,8 +112,21 @@ def _rows(specs, table, rounds: list[dict[str, dict]], args, size: str, runtime:
             row[f"predicted_{stat}_s"] = predict_latency(spec, size, table, stat=stat, runtime=runtime)
         row["rounds_s"] = [m[f"{args.stat}_s"] for m in runs]
         row.update(measured_s=row[f"measured_{args.stat}_s"], predicted_s=row[f"predicted_{args.stat}_s"])
+        row["constant_s"] = _constant_term_prediction(spec, table, size, runtime, args.stat)
         rows.append(row)
     return rows
+
+
+def _constant_term_prediction(spec, table, size: str, runtime: str, stat: str) -> float:
+    """The sum of the units plus the median residual of the table's whole networks: the overhead term
+    without its boundary slope (the predictor before it had one), from the same measurements."""
+    from bhsearch.latency import predict_breakdown
+    from bhsearch.latency.table import runtime_key
+
+    units = sum(t for key, t in predict_breakdown(spec, size, table, stat=stat, runtime=runtime)
+                if key not in ("overhead", "boundary"))  # fmt: skip
+    nets = table.overhead[runtime_key(size, runtime)]["networks"]
+    return units + statistics.median(n[f"inference_{stat}_measured_s"] - n[f"inference_{stat}_units_s"] for n in nets)
 
 
 def _mape(pred: list[float], meas: list[float]) -> float:
@@ -173,6 +175,7 @@ def _evaluate(train_rows: list[dict], test_rows: list[dict], ridge: float) -> di
     )
     preds = {
         "predictor": [r["predicted_s"] for r in test_rows],
+        "constant": [r["constant_s"] for r in test_rows],
         "corrected": [r["predicted_s"] * sum(c * s for c, s in zip(coef, r["shares"], strict=True)) for r in test_rows],
         "flops": [a_flops * r["flops"] for r in test_rows],
         "acts": [a_acts * r["acts"] for r in test_rows],

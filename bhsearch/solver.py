@@ -364,6 +364,33 @@ def load_space(path: str | Path | None, base: Spec | str) -> DesignSpace:
     return space
 
 
+def random_candidates(
+    space: DesignSpace, base: Spec | str, n: int, seed: int = 0, max_depth: int | None = None,
+    exclude: Sequence[str] = (),
+) -> list[Spec]:
+    """``n`` distinct random specs of ``space`` (uniform over stem / stride pattern and over each stage's
+    options, those deeper than ``max_depth`` blocks left out), none of whose ids is in ``exclude``;
+    fewer when the space has fewer. Deterministic for a ``seed``."""
+    import random
+
+    base = get_spec(base)
+    rng = random.Random(seed)
+    adapter = _FAMILIES[space.family]
+    options = [
+        [o for o, d in zip(ax.options, ax.depths, strict=True) if max_depth is None or d <= max_depth] or ax.options[:1]
+        for ax in space.axes
+    ]
+    seen, out = set(exclude), []
+    for _ in range(100 * n + 100):
+        if len(out) == n:
+            break
+        spec = adapter.make_spec(base, rng.choice(space.globals), tuple(rng.choice(o) for o in options))
+        if spec.id not in seen:
+            seen.add(spec.id)
+            out.append(spec)
+    return out
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -954,6 +981,7 @@ __all__ = [
     "SORT_KEYS",
     "SolveResult",
     "csv_rows",
+    "random_candidates",
     "default_space_path",
     "resolve_space_path",
     "load_space",

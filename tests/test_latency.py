@@ -13,6 +13,8 @@ import pytest
 from bhsearch.errors import UsageError
 from bhsearch.latency import (
     LatencyTable,
+    fit_overhead,
+    input_elements,
     load_table,
     network_units,
     predict_breakdown,
@@ -115,8 +117,41 @@ def test_predictor_is_additive_and_exact_on_synthetic_table():
     # one more block in stage 3 adds exactly that stage's repeated block (unit 7 -> 7 ms)
     assert predict_latency(longer, SIZE, table) - predict_latency(spec, SIZE, table) == pytest.approx(7e-3, abs=1e-12)
     rows = predict_breakdown(spec, SIZE, table)
-    assert rows[-1] == ("overhead", 0.005)
+    assert rows[-2:] == [("overhead", 0.005), ("boundary", 0.0)]  # no slope in this table
     assert sum(t for _, t in rows) == pytest.approx(predict_latency(spec, SIZE, table), abs=1e-12)
+
+
+def test_boundary_slope_adds_per_input_element_of_every_unit():
+    spec = TINY_BOTTLENECK
+    table = _synthetic_table([spec])
+    table.overhead[SIZE]["inference_per_element_s"] = -1e-9
+    units = network_units(spec, SIZE)
+    # by hand: the stem reads the image, every block its input feature map
+    elements = sum(c * h * w for u in units for c, h, w in u.in_shapes)
+    assert elements == input_elements(units[0]) + sum(input_elements(u) for u in units[1:])
+    assert input_elements(units[0]) == 3 * units[0].height * units[0].width
+    no_slope = (1 + 8 + 19 + 41 + 26 + 5) * 1e-3
+    assert predict_latency(spec, SIZE, table) == pytest.approx(no_slope - 1e-9 * elements, abs=1e-15)
+    rows = predict_breakdown(spec, SIZE, table)
+    assert rows[-1] == ("boundary", pytest.approx(-1e-9 * elements))
+    assert sum(t for _, t in rows) == pytest.approx(predict_latency(spec, SIZE, table), abs=1e-15)
+    assert predict_latency(spec, SIZE, table, mode="train") == pytest.approx(3 * 95e-3 + 0.02, abs=1e-12)  # no train slope
+
+
+def test_overhead_fit_is_a_robust_line_through_the_networks():
+    elements = [10, 20, 30, 40, 50, 60]
+    line = [0.002 - 1e-4 * e for e in elements]
+    a, b = fit_overhead(line, elements)
+    assert (a, b) == (pytest.approx(0.002), pytest.approx(-1e-4))
+    # one network timed during a load spike does not tilt it (least squares: b = +4.3e-5, a = -1.3e-3)
+    spiked = [*line[:5], line[5] + 0.01]
+    assert fit_overhead(spiked, elements) == (pytest.approx(0.002), pytest.approx(-1e-4))
+    # a positive slope (units alone faster than inside a network, per element) is noise: none
+    rising = [0.001, 0.004, 0.002, 0.005, 0.003, 0.006]
+    assert fit_overhead(rising, elements) == (pytest.approx(0.0035), 0.0)
+    # fewer than 3 distinct element counts: the median residual and no slope (the earlier tables' term)
+    assert fit_overhead([0.001, 0.003], [10, 20]) == (pytest.approx(0.002), 0.0)
+    assert fit_overhead([0.001, 0.002, 0.006], [10, 10, 20]) == (0.002, 0.0)
 
 
 def test_predictor_refuses_missing_units_and_sizes():
@@ -301,6 +336,16 @@ def test_cli_profile_and_refusal(tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["units"] == len(load_table(out).units) and math.isfinite(summary["predicted_inference_s"])
+    # the overhead term: the base and 5 random candidates of the default space, a line through them
+    term = load_table(out).overhead["64x64"]
+    nets = term["networks"]
+    assert len(nets) == OVERHEAD_NETWORKS and nets[0]["spec"] == TINY.id and len({n["spec"] for n in nets}) == len(nets)
+    assert [n["elements"] for n in nets] == [sum(map(input_elements, network_units(n["spec"], "64x64"))) for n in nets]
+    for mode in ("inference", "train"):
+        residuals = [n[f"{mode}_median_measured_s"] - n[f"{mode}_median_units_s"] for n in nets]
+        fitted = fit_overhead(residuals, [n["elements"] for n in nets])
+        assert (term[f"{mode}_s"], term[f"{mode}_per_element_s"]) == fitted
+        assert len({n["elements"] for n in nets}) >= 3 and fitted[1] <= 0.0  # a slope was fitted (maybe clipped)
     r = _cli(*common, "--threads", "1", "--batch-size", "2")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "batch_size" in r.stderr and "Traceback" not in r.stderr
@@ -312,6 +357,7 @@ def test_cli_profile_and_refusal(tmp_path):
 
 # --------------------------------------------------------------------------- quality of a table
 
+from bhsearch.latency.profile import OVERHEAD_NETWORKS  # noqa: E402
 from bhsearch.latency.table import (  # noqa: E402
     CPU_WALL_MIN,
     LOAD_SLACK,

@@ -11,7 +11,7 @@ import yaml
 
 from bhsearch import count, get_spec
 from bhsearch.errors import InfeasibleError, UsageError
-from bhsearch.solver import SORT_KEYS, csv_rows, load_space, solve
+from bhsearch.solver import SORT_KEYS, csv_rows, load_space, random_candidates, solve
 from bhsearch.spec import HRStage
 
 SMALL_RESNET = {
@@ -371,3 +371,22 @@ def test_result_serialisation():
     assert get_spec(d["candidates"][0]["spec"]).id == d["candidates"][0]["id"]
     rows = csv_rows(result)
     assert rows[0]["is_base"] and rows[-1]["name"] == "bh-resnet50" and rows[-1]["depths"] == "7-6-2-1"
+
+
+@pytest.mark.parametrize("base", ["resnet50", "hrnet32"])
+def test_random_candidates_are_distinct_seeded_members_of_the_space(base):
+    space = load_space(None, base)
+    base_id = get_spec(base).id
+    specs = random_candidates(space, base, 12, seed=3, max_depth=8, exclude=[base_id])
+    ids = [s.id for s in specs]
+    assert len(ids) == 12 and len(set(ids)) == 12 and base_id not in ids
+    assert ids == [s.id for s in random_candidates(space, base, 12, seed=3, max_depth=8, exclude=[base_id])]
+    assert ids[:5] != [s.id for s in random_candidates(space, base, 5, seed=4, max_depth=8, exclude=[base_id])]
+    for spec in specs:
+        assert count(spec, "640x512").flops > 0
+        if base == "resnet50":  # depth per stage capped; stems and stride patterns from the space
+            assert max(spec.blocks) <= 8
+    if base == "resnet50":  # more than one stem of the space drawn
+        from bhsearch.solver import resnet_stem_code
+
+        assert len({resnet_stem_code(s) for s in specs}) > 1

@@ -13,7 +13,10 @@ DESCRIPTION = """\
 Measure, on this machine's device, every distinct unit (stem, residual block at its resolution,
 width and stride) that the design space around BASE can produce, once each: inference time and
 training-step (forward + backward) time as the median of REPS runs after WARMUP runs, and peak
-memory. A per-network overhead term is measured on whole networks. The table is written after
+memory. Six whole networks (the base and random candidates of the space) give the overhead term:
+whole network minus the sum of its units, fitted as a + b x (the elements of the units' inputs), since
+units timed alone pay for reading their input from memory and, in onnxruntime, for converting it to
+and from its blocked layout, which a network does once. The table is written after
 every unit; with --resume (the default) an interrupted profile continues where it stopped.
 Use the table with `bhsearch solve --profile FILE` and `bhsearch count SPEC --profile FILE`.
 Bases: resnet and hrnet families. --runtime onnxruntime adds inference times of the units exported
@@ -24,7 +27,8 @@ minute per unit on a CPU). `count/solve --runtime RUNTIME` predict from them.
 Every unit and whole network keeps the relative spread of its repetitions, (p90 - p10) / median.
 A profile is marked (one WARNING line per problem on stderr, and in the table's "quality" field,
 which `count --profile` and `solve --profile` repeat) when the median spread of its units or whole
-networks exceeds 10 %, when an overhead term is negative, when other processes used more cores on
+networks exceeds 10 %, when the per-network term a is negative beyond 5 % of the whole networks'
+median time, when other processes used more cores on
 average while it ran (read from /proc/stat; elsewhere: their 1-minute load average at its start or
 end) than those free for its threads, plus 0.5, or (wall clock) when its process used < 0.9 s of
 CPU time per second of its timed passes.

@@ -11,7 +11,6 @@ and the load average) and, for the wall clock, the process CPU time per wall sec
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -24,11 +23,13 @@ from bhsearch.latency.table import (
     RUNTIMES,
     STATS,
     LatencyTable,
+    fit_overhead,
     load_table,
     runtime_key,
     size_key,
+    slope_field,
 )
-from bhsearch.latency.units import DTYPE_BYTES, Unit, network_units
+from bhsearch.latency.units import DTYPE_BYTES, Unit, input_elements, network_units
 from bhsearch.spec import HRNetSpec, HRStage, ResNetSpec, Spec, get_spec, parse_input_size
 
 
@@ -60,6 +61,24 @@ def space_specs(base: Spec | str, space: Any = None) -> list[Spec]:
     return out
 
 
+#: Whole networks timed for the overhead term: enough to fit its boundary slope robustly.
+OVERHEAD_NETWORKS = 6
+#: The deepest stage of an overhead network (random candidates), as in the accuracy benchmark.
+OVERHEAD_MAX_DEPTH = 8
+
+
+def overhead_specs(specs: list[Spec], space: Any, n: int) -> list[Spec]:
+    """The ``n`` whole networks of the overhead term: the base (``specs[0]``), then random candidates of the
+    design space (seed 0, at most ``OVERHEAD_MAX_DEPTH`` blocks per stage: their element counts spread
+    from top- to bottom-heavy, which the boundary slope needs), or, for a space given as specs, ``specs``."""
+    if space is not None and not isinstance(space, (str, Path)):
+        return specs[:n]
+    from bhsearch.solver import load_space, random_candidates
+
+    design = load_space(space, specs[0])
+    return [specs[0], *random_candidates(design, specs[0], n - 1, 0, OVERHEAD_MAX_DEPTH, [specs[0].id])][:n]
+
+
 def distinct_units(specs: Iterable[Spec], input_size: str | tuple[int, int]) -> list[Unit]:
     """The distinct units of ``specs`` at ``input_size``, in first-seen order."""
     seen: dict[str, Unit] = {}
@@ -88,7 +107,7 @@ def profile_space(
     runtime: str = "torch",
     out: str | Path = "profiles/latency.json",
     resume: bool = True,
-    overhead_networks: int = 2,
+    overhead_networks: int = OVERHEAD_NETWORKS,
     progress: bool = False,
     on_unit: Callable[[str, dict[str, Any], int, int], None] | None = None,
 ) -> LatencyTable:
@@ -97,8 +116,8 @@ def profile_space(
     With ``resume`` an existing table at ``out`` is kept and only missing units (and the overhead
     term, if missing) are measured; it must have been measured under the same settings. Without
     ``resume`` an existing table is replaced. ``on_unit(key, entry, done, total)`` is called after each
-    unit is saved. ``overhead_networks`` whole networks (the base, then space variants) give the
-    per-network overhead term. ``runtime`` (``RUNTIMES``) adds that runtime's entries to the table
+    unit is saved. ``overhead_networks`` whole networks (the base, then random candidates of the
+    space, :func:`overhead_specs`) give the overhead term and its boundary slope (:func:`fit_overhead`). ``runtime`` (``RUNTIMES``) adds that runtime's entries to the table
     (onnxruntime: inference only, keys ending in ``@onnxruntime``), so one table holds several.
     """
     width, height = parse_input_size(input_size)
@@ -176,7 +195,8 @@ def profile_space(
                 on_unit(unit.key, entry, done, total)
         if need_overhead:
             table.overhead[skey] = _measure_overhead(
-                m, table, specs[:overhead_networks], (width, height), settings, warmup, reps, bar, runtime, account
+                m, table, overhead_specs(specs, space, overhead_networks), (width, height), settings, warmup, reps,
+                bar, runtime, account,
             )
     finally:
         bar.close()
@@ -296,13 +316,14 @@ def _measure_unit(
 def _measure_overhead(
     m, table, specs, size, settings, warmup: int, reps: int, bar, runtime: str = "torch", account=None
 ) -> dict[str, Any]:
-    """End-to-end time minus the sum of the units, per mode and statistic, on whole networks
-    (median over the networks)."""
+    """End-to-end time minus the sum of the units, per mode and statistic, on whole networks, fitted
+    as ``a + b x elements`` (:func:`fit_overhead`)."""
     networks = []
     modes = _modes(runtime)
     for spec in specs:
         bar.update(f"overhead: whole network {spec}")
-        row: dict[str, Any] = {"spec": spec.id}
+        units = network_units(spec, size)
+        row: dict[str, Any] = {"spec": spec.id, "elements": sum(input_elements(u) for u in units)}
         for mode in modes:
             measured = m.measure_latency(
                 spec, size, settings["device"], settings["batch_size"], settings["dtype"], mode,
@@ -314,17 +335,19 @@ def _measure_overhead(
                 name = f"{mode}_s" if stat == "median" else f"{mode}_{stat}_s"
                 row[f"{mode}_{stat}_measured_s"] = measured[f"{stat}_s"]
                 row[f"{mode}_{stat}_units_s"] = sum(
-                    table.units[runtime_key(u.key, runtime)][name] for u in network_units(spec, size)
+                    table.units[runtime_key(u.key, runtime)][name] for u in units
                 )
         networks.append(row)
         bar.advance()
     entry: dict[str, Any] = {"networks": networks, "measured": _now()}
     if runtime != "torch":
         entry["runtime"] = runtime
+    elements = [r["elements"] for r in networks]
     for mode in modes:
         for stat in STATS:
             residuals = [r[f"{mode}_{stat}_measured_s"] - r[f"{mode}_{stat}_units_s"] for r in networks]
-            entry[f"{mode}_s" if stat == "median" else f"{mode}_{stat}_s"] = statistics.median(residuals)
+            name = f"{mode}_s" if stat == "median" else f"{mode}_{stat}_s"
+            entry[name], entry[slope_field(name)] = fit_overhead(residuals, elements)
     return entry
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from bhsearch.errors import UsageError
 from bhsearch.fileio import atomic_write_text, require_file
-from bhsearch.latency.units import network_units
+from bhsearch.latency.units import input_elements, network_units
 from bhsearch.spec import Spec, get_spec, parse_input_size
 
 FORMAT = "bhsearch-latency-table"
@@ -48,11 +48,11 @@ SPREAD_LIMIT = 0.10
 #: processes at the start, or at the end less this profile's own threads) than the cores left free for
 #: it (cores - threads) by more than this.
 LOAD_SLACK = 0.5
-#: an overhead term is marked negative when whole networks ran faster than the sum of their units by
-#: more than this fraction of their measured time (any negative term where the networks' times are not
-#: in the table): on an idle machine the terms of ResNet-50 x0.5 at 640x512 were -1.6 to +0.2 % of it
-#: in inference and -3.4 to +3.3 % in a training step, within the noise (units alone also miss some
-#: of the cache reuse they get inside a network).
+#: an overhead term is marked negative when its per-network part (``a`` of ``a + b x``) says whole
+#: networks ran faster than the sum of their units by more than this fraction of their measured time
+#: (any negative term where the networks' times are not in the table): on an idle machine the terms of
+#: ResNet-50 x0.5 at 640x512 (before the boundary slope) were -1.6 to +0.2 % of it in inference and
+#: -3.4 to +3.3 % in a training step, within the noise.
 NEGATIVE_OVERHEAD_TOLERANCE = 0.05
 #: with the wall clock, process CPU time / wall time over the timed passes below this means the
 #: profile was off the CPU (waiting for a core) for the rest of the time.
@@ -91,6 +91,29 @@ def _check_runtime(runtime: str, mode: str) -> None:
         raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     if mode != "inference" and runtime in INFERENCE_ONLY_RUNTIMES:
         raise UsageError(f"runtime {runtime} is profiled for inference only; got mode {mode!r}")
+
+
+def slope_field(name: str) -> str:
+    """The boundary-slope field beside an overhead field: ``inference_s`` -> ``inference_per_element_s``."""
+    return name[: -len("_s")] + "_per_element_s"
+
+
+def fit_overhead(residuals: list[float], elements: list[int]) -> tuple[float, float]:
+    """``(a, b)`` of ``residual ~ a + b x elements`` over whole networks (measured minus the sum of their
+    units; elements: :func:`~bhsearch.latency.units.input_elements` summed over the network's units).
+
+    Theil-Sen: ``b`` the median of the pairwise slopes, ``a`` the median of ``residual - b x elements``,
+    so one network timed during a load spike does not tilt the line. ``b`` is at most 0: a unit timed
+    alone can only pay for its boundary (reading its input, layout conversions), never gain from it, so a
+    positive slope is noise. With fewer than 3 distinct element counts there is no slope to trust:
+    ``(median residual, 0)``.
+    """
+    if len(set(elements)) < 3:
+        return statistics.median(residuals), 0.0
+    pairs = list(zip(elements, residuals, strict=True))
+    slopes = [(r2 - r1) / (e2 - e1) for i, (e1, r1) in enumerate(pairs) for e2, r2 in pairs[i + 1 :] if e2 != e1]
+    b = min(0.0, statistics.median(slopes))
+    return statistics.median(r - b * e for e, r in pairs), b
 
 
 def _field(mode: str, stat: str = "median") -> str:
@@ -233,6 +256,14 @@ class LatencyTable:
             )
         return float(value)
 
+    def overhead_slope(
+        self, input_size: str | tuple[int, int], mode: str = "inference", stat: str = "median", runtime: str = "torch"
+    ) -> float:
+        """Seconds per unit-input element of the overhead term's boundary part (0 in tables fitted without one)."""
+        entry = self.overhead.get(runtime_key(size_key(input_size), runtime)) or {}
+        value = entry.get(slope_field(_field(mode, stat)))
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
 
 def load_table(path: str | Path, allow_mismatch: bool = False, **expected: Any) -> LatencyTable:
     """Read a latency table; with ``expected`` settings (``device=``, ``dtype=``, ``batch_size=`` …,
@@ -258,11 +289,15 @@ def predict_breakdown(
     stat: str = "median",
     runtime: str = "torch",
 ) -> list[tuple[str, float]]:
-    """``(unit key, seconds)`` for every unit of ``spec`` in order, then ``("overhead", seconds)``."""
+    """``(unit key, seconds)`` for every unit of ``spec`` in order, then ``("overhead", seconds)`` (the
+    per-network term) and ``("boundary", seconds)`` (slope x the units' input elements; 0 in tables
+    without a slope). The seconds add up to :func:`predict_latency`."""
     _field(mode, stat)
     units = network_units(get_spec(spec), input_size)
     rows = [(u.key, table.unit_time(u.key, mode, stat, runtime)) for u in units]
     rows.append(("overhead", table.overhead_time(input_size, mode, stat, runtime)))
+    slope = table.overhead_slope(input_size, mode, stat, runtime)
+    rows.append(("boundary", slope * sum(input_elements(u) for u in units)))
     return rows
 
 
@@ -274,19 +309,24 @@ def predict_latency(
     stat: str = "median",
     runtime: str = "torch",
 ) -> float:
-    """Predicted end-to-end latency in seconds: the sum of the unit entries plus the measured
-    per-network overhead term of ``table``. ``mode`` is ``"inference"`` or ``"train"`` (forward +
-    backward); ``stat`` is ``"median"`` or ``"min"`` of the repetitions; ``runtime`` one of
-    ``RUNTIMES`` the table was profiled under."""
+    """Predicted end-to-end latency in seconds: the sum of the unit entries plus the table's overhead
+    term ``a + b x``, fitted on whole networks (``x``: the elements of the units' inputs, what units timed
+    alone read from outside and a network passes from one unit to the next; ``b`` is usually negative).
+    ``mode`` is ``"inference"`` or ``"train"`` (forward + backward); ``stat`` is ``"median"`` or ``"min"``
+    of the repetitions; ``runtime`` one of ``RUNTIMES`` the table was profiled under."""
     name = _field(mode, stat)
     units = table.units
     total = table.overhead_time(input_size, mode, stat, runtime)
+    slope = table.overhead_slope(input_size, mode, stat, runtime)
     suffix = "" if runtime == "torch" else f"@{runtime}"
+    elements = 0
     for unit in network_units(spec, input_size):
         entry = units.get(unit.key + suffix if suffix else unit.key)
         value = None if entry is None else entry.get(name)
         total += value if value is not None else table.unit_time(unit.key, mode, stat, runtime)
-    return total
+        if slope:
+            elements += input_elements(unit)
+    return total + slope * elements
 
 
 # --------------------------------------------------------------------------- quality
@@ -360,8 +400,9 @@ def assess(table: LatencyTable) -> list[dict[str, str]]:
 
     * ``spread``: the median relative spread (p90 - p10) / median of a runtime's units, per mode,
       or of its whole networks exceeds ``SPREAD_LIMIT``;
-    * ``negative-overhead``: an overhead term (whole networks minus the sum of their units) is negative
-      by more than ``NEGATIVE_OVERHEAD_TOLERANCE`` of the whole networks' time;
+    * ``negative-overhead``: the per-network part ``a`` of an overhead term (whole networks minus the sum
+      of their units, less the boundary part ``b x``) is negative by more than
+      ``NEGATIVE_OVERHEAD_TOLERANCE`` of the whole networks' time;
     * ``loaded``: while a profiling run ran, other processes used more cores on average than those left
       free for its threads by more than ``LOAD_SLACK`` (older tables: the 1-minute load average of other
       processes at its start or end);
@@ -401,8 +442,8 @@ def assess(table: LatencyTable) -> list[dict[str, str]]:
                 {
                     "code": "negative-overhead",
                     "message": f"negative overhead term at {base}{rt} ({', '.join(neg)}): whole networks ran faster "
-                    "than the sum of their units (load changed while profiling, or units alone miss the cache reuse "
-                    "they get inside a network)",
+                    "than the sum of their units, beyond what their boundary term explains (load changed while "
+                    "profiling, or units alone miss the cache reuse they get inside a network)",
                 }
             )
     for i, run in enumerate(table.quality.get("runs", [])):

@@ -357,6 +357,13 @@ def network_units(spec: Spec | str, input_size: str | tuple[int, int]) -> tuple[
     raise UsageError(f"latency tables cover resnet- and hrnet-family specs; {spec.family} ({spec.id}) is not")
 
 
+@lru_cache(maxsize=65536)
+def input_elements(unit: Unit) -> int:
+    """Elements of one image's input tensors of ``unit``: the data each unit timed alone reads from
+    outside (and its predecessor wrote), the variable of the profile's boundary term."""
+    return sum(c * h * w for c, h, w in unit.in_shapes)
+
+
 def _dtype_bytes(dtype: str) -> int:
     if dtype not in DTYPE_BYTES:
         raise UsageError(f"dtype must be one of {', '.join(DTYPE_BYTES)}; got {dtype!r}")
@@ -399,6 +406,7 @@ __all__ = [
     "BlockUnit",
     "DTYPE_BYTES",
     "HRNetUnit",
+    "input_elements",
     "StemUnit",
     "Unit",
     "conv_out",
