@@ -117,16 +117,22 @@ def _rows(specs, table, rounds: list[dict[str, dict]], args, size: str, runtime:
     return rows
 
 
+def units_time(spec, table, size: str, runtime: str, stat: str = "median") -> float:
+    """The sum of the table's unit entries for ``spec`` (inference), without any overhead term."""
+    from bhsearch.latency import predict_breakdown
+
+    rows = predict_breakdown(spec, size, table, stat=stat, runtime=runtime)
+    return sum(t for key, t in rows if key not in ("overhead", "boundary"))
+
+
 def _constant_term_prediction(spec, table, size: str, runtime: str, stat: str) -> float:
     """The sum of the units plus the median residual of the table's whole networks: the overhead term
     without its boundary slope (the predictor before it had one), from the same measurements."""
-    from bhsearch.latency import predict_breakdown
     from bhsearch.latency.table import runtime_key
 
-    units = sum(t for key, t in predict_breakdown(spec, size, table, stat=stat, runtime=runtime)
-                if key not in ("overhead", "boundary"))  # fmt: skip
     nets = table.overhead[runtime_key(size, runtime)]["networks"]
-    return units + statistics.median(n[f"inference_{stat}_measured_s"] - n[f"inference_{stat}_units_s"] for n in nets)
+    residual = statistics.median(n[f"inference_{stat}_measured_s"] - n[f"inference_{stat}_units_s"] for n in nets)
+    return units_time(spec, table, size, runtime, stat) + residual
 
 
 def _mape(pred: list[float], meas: list[float]) -> float:

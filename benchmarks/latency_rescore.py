@@ -20,14 +20,15 @@ from pathlib import Path
 
 
 def _scores(pred: list[float], meas: list[float]) -> tuple[float, float]:
-    from scipy.stats import spearmanr
+    from latency_predictor import _mape, _spearman  # this folder: the benchmark's own scoring
 
-    mape = 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, meas, strict=True))
-    return mape, float(spearmanr(pred, meas).statistic)
+    return _mape(pred, meas), _spearman(pred, meas)
 
 
 def _profile_scores(run: dict, k: int, prof: dict, work: Path, size: str) -> dict[str, tuple[float, float]]:
-    from bhsearch.latency import fit_overhead, input_elements, load_table, network_units, predict_breakdown
+    from latency_predictor import units_time
+
+    from bhsearch.latency import fit_overhead, input_elements, load_table, network_units
     from bhsearch.latency.table import runtime_key
 
     rt = run["runtime"]
@@ -35,8 +36,7 @@ def _profile_scores(run: dict, k: int, prof: dict, work: Path, size: str) -> dic
     nets = table.overhead[runtime_key(size, rt)]["networks"]
     rows = prof["rows"][run["train"] :]  # held out: after the training networks
     meas = [r["measured_s"] for r in rows]
-    units = [sum(t for key, t in predict_breakdown(r["spec"], size, table, runtime=rt)
-                 if key not in ("overhead", "boundary")) for r in rows]  # fmt: skip
+    units = [units_time(r["spec"], table, size, rt) for r in rows]
     x = [sum(map(input_elements, network_units(r["spec"], size))) for r in rows]
     resid = [n["inference_median_measured_s"] - n["inference_median_units_s"] for n in nets]
     a, b = fit_overhead(resid, [n["elements"] for n in nets])
