@@ -17,7 +17,8 @@ then score on the held-out networks only (MAPE, Spearman):
   (FLOP share of stage s), fitted by ridge least squares (towards c = 1) on the training networks.
 
 Printed per space, runtime and threads: each method's mean and standard deviation over the profiles,
-with the table's quality warnings. Numbers are only meaningful on an idle machine (``uptime`` first).
+with the table's quality warnings, and the measurements' own repeatability (``repeat``: the mean relative
+deviation of a held-out network's rounds from its latency, a floor under any method's MAPE). Numbers are only meaningful on an idle machine (``uptime`` first).
 
     python benchmarks/latency_predictor.py --spaces resnet50,hrnet32 --scale 0.5 --threads 1 \\
         --runtimes torch,onnxruntime --profiles 3 --train 8 --candidates 20
@@ -189,6 +190,14 @@ def _evaluate(train_rows: list[dict], test_rows: list[dict], ridge: float) -> di
     return {m: {"mape_pct": _mape(p, meas), "spearman": _spearman(p, meas)} for m, p in preds.items()}
 
 
+def _repeat_pct(rows: list[dict]) -> float:
+    """Mean relative deviation (%) of the networks' rounds from their measured latency: how far the
+    measurement itself moves between rounds minutes apart."""
+    return 100 * statistics.fmean(
+        statistics.fmean(abs(t - r["measured_s"]) for t in r["rounds_s"]) / r["measured_s"] for r in rows
+    )
+
+
 def _mean_sd(values: list[float]) -> str:
     values = [v for v in values if v == v]  # drop NaN
     if not values:
@@ -241,14 +250,15 @@ def main() -> int:
                         row.update(flops=costs[row["spec"]].flops, acts=costs[row["spec"]].activations)
                         row["shares"] = _stage_shares(bhsearch.get_spec(row["spec"]), size)
                     scores = _evaluate(rows[: len(train_specs)], rows[len(train_specs) :], args.ridge)
+                    repeat = _repeat_pct(rows[len(train_specs) :])
                     warnings = [w["message"] for w in load_table(out).warnings]
                     per_profile.append({"profile_s": profile_s, "units": len(table.units), "scores": scores,
-                                        "warnings": warnings, "rows": rows})  # fmt: skip
+                                        "repeat_pct": repeat, "warnings": warnings, "rows": rows})  # fmt: skip
                     line = ", ".join(
                         f"{m} {scores[m]['mape_pct']:.1f} % / {scores[m]['spearman']:.3f}" for m in METHODS
                     )
                     print(f"  profile {k + 1}: {len(table.units)} units in {profile_s:.1f} s; "
-                          f"held-out MAPE / Spearman: {line}", flush=True)  # fmt: skip
+                          f"held-out MAPE / Spearman: {line}; repeat {repeat:.1f} %", flush=True)  # fmt: skip
                     for w in warnings:
                         print(f"    WARNING: {w}")
                 print(f"  over {args.profiles} profiles (mean ± sd), held out on {len(test_specs)} networks:")
@@ -258,6 +268,9 @@ def main() -> int:
                     rhos = [p["scores"][m]["spearman"] for p in per_profile]
                     summary[m] = {"mape_pct": mapes, "spearman": rhos}
                     print(f"    {m:10s} MAPE {_mean_sd(mapes):>14s} %   Spearman {_mean_sd(rhos):>14s}")
+                repeats = [p["repeat_pct"] for p in per_profile]
+                summary["repeat_pct"] = repeats
+                print(f"    repeat          {_mean_sd(repeats):>14s} %   (the measurements' own round-to-round change)")
                 results["settings_runs"].append({
                     "space": name, "runtime": runtime, "threads": threads, "clock": clock,
                     "summary": summary, "profiles": per_profile,

@@ -39,6 +39,7 @@ import math
 import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -363,7 +364,7 @@ def candidate_table(rows, scores, analysis) -> list[str]:
     for label, row in rows.items():
         ref = analysis["reference"].get(label, [])
         mean = sum(ref) / len(ref) if ref else None
-        sd = _std(ref)
+        sd = statistics.stdev(ref) if len(ref) > 1 else None
         tiny1 = [r["AP50_tiny1"] for r in row["reference"] if r.get("AP50_tiny1") is not None]
         demo = row["demo"] or {}
         evals = demo.get("evals") or {}
@@ -391,13 +392,6 @@ def fidelity_table(analysis) -> list[str]:
             f"{_interval(d, 'regret')} |"
         )
     return lines
-
-
-def _std(values) -> float | None:
-    if len(values) < 2:
-        return None
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 AXES = {  # signal -> (divisor, axis label) for the scatter plots

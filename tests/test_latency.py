@@ -282,6 +282,54 @@ def test_measure_latency_reports_median_and_percentiles():
         measure_latency(TINY, "32x32", device="cuda")
 
 
+def test_network_slots_spread_every_network_over_the_sweep():
+    from bhsearch.latency.profile import network_slots
+
+    for units, networks, rounds in [(40, 6, 2), (7, 6, 2), (3, 1, 3), (0, 6, 2), (100, 5, 1)]:
+        slots = network_slots(units, networks, rounds)
+        timed = [(after, i) for after, ids in sorted(slots.items()) for i in ids]
+        assert sorted(i for _, i in timed) == sorted(list(range(networks)) * rounds)
+        assert all(0 <= after <= units for after, _ in timed)
+        for r in range(rounds):  # round r sits in the r-th part of the sweep, in network order
+            part = timed[r * networks : (r + 1) * networks]
+            assert [i for _, i in part] == list(range(networks))
+            assert all(r * units / rounds - 0.5 <= after <= (r + 1) * units / rounds + 0.5 for after, _ in part)
+    assert network_slots(0, 6, 2) == {0: [0, 1, 2, 3, 4, 5] * 2}
+    assert network_slots(12, 6, 2) == {k: [k % 6] for k in range(12)}  # one after each unit but the last
+
+
+def test_profile_times_overhead_networks_through_the_unit_sweep(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from bhsearch.latency import profile as prof
+
+    events: list[str] = []
+    rounds_seen: dict[str, int] = {}
+
+    def fake_network(m, spec, size, settings, warmup, reps, runtime, account):
+        r = rounds_seen[spec.id] = rounds_seen.get(spec.id, -1) + 1
+        events.append("network")
+        median = 0.010 * (1 + r)  # the machine is twice as slow in the second round
+        return {mode: {"median_s": median, "min_s": 0.9 * median, "spread": 0.05} for mode in ("inference", "train")}
+
+    monkeypatch.setattr(prof, "_time_network", fake_network)
+    table = prof.profile_space(TINY, SIZE, out=tmp_path / "p.json", warmup=0, reps=1, threads=1, overhead_networks=3,
+                               on_unit=lambda *a: events.append("unit"))  # fmt: skip
+    units = events.count("unit")
+    assert events.count("network") == 3 * prof.OVERHEAD_ROUNDS and units > 6
+    slots = prof.network_slots(units, 3, prof.OVERHEAD_ROUNDS)  # the networks sit where the slots say
+    expected = ["network"] * len(slots.get(0, []))
+    for k in range(1, units + 1):
+        expected += ["unit"] + ["network"] * len(slots.get(k, []))
+    assert events == expected and len(slots) > 1
+    assert events[: len(events) // 2].count("network") == 3  # one round per half of the sweep
+    for net in table.overhead[SIZE]["networks"]:
+        assert net["inference_rounds_s"] == [0.010, 0.020]
+        assert net["inference_median_measured_s"] == pytest.approx(0.015)  # median of the rounds
+        assert net["inference_min_measured_s"] == pytest.approx(0.009)
+        assert net["inference_spread"] == pytest.approx((0.020 - 0.010) / 0.015)  # the drift shows as spread
+    assert "spread" in _codes(load_table(tmp_path / "p.json"))
+
+
 class _Killed(Exception):
     pass
 

@@ -13,18 +13,20 @@ DESCRIPTION = """\
 Measure, on this machine's device, every distinct unit (stem, residual block at its resolution,
 width and stride) that the design space around BASE can produce, once each: inference time and
 training-step (forward + backward) time as the median of REPS runs after WARMUP runs, and peak
-memory. Six whole networks (the base and random candidates of the space) give the overhead term:
-whole network minus the sum of its units, fitted as a + b x (the elements of the units' inputs), since
-units timed alone pay for reading their input from memory and, in onnxruntime, for converting it to
-and from its blocked layout, which a network does once. The table is written after
-every unit; with --resume (the default) an interrupted profile continues where it stopped.
+memory. Six whole networks (the base and random candidates of the space), each timed twice at
+points spread through the units' sweep, give the overhead term: whole network minus the sum of its
+units, fitted as a + b x (the elements of the units' inputs), since units timed alone pay for
+reading their input from memory and, in onnxruntime, for converting it to and from its blocked
+layout, which a network does once. The table is written after every unit; with --resume (the
+default) an interrupted profile continues where it stopped.
 Use the table with `bhsearch solve --profile FILE` and `bhsearch count SPEC --profile FILE`.
 Bases: resnet and hrnet families. --runtime onnxruntime adds inference times of the units exported
 to ONNX and run in onnxruntime (intra-op threads = --threads, sequential execution) to the same
 table; --runtime compile those of torch.compile'd units (inductor; compiling takes about a
 minute per unit on a CPU). `count/solve --runtime RUNTIME` predict from them.
 
-Every unit and whole network keeps the relative spread of its repetitions, (p90 - p10) / median.
+Every unit and whole network keeps the relative spread of its repetitions, (p90 - p10) / median
+(a whole network: also the relative range of its two rounds, so a machine that changed speed shows).
 A profile is marked (one WARNING line per problem on stderr, and in the table's "quality" field,
 which `count --profile` and `solve --profile` repeat) when the median spread of its units or whole
 networks exceeds 10 %, when the per-network term a is negative beyond 5 % of the whole networks'

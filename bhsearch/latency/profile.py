@@ -2,8 +2,10 @@
 
 Every distinct unit the space can produce is measured once (warm-up, repetitions, median) in
 inference and in a training step, with its memory; the table is rewritten after every unit, so a
-killed profile keeps what it measured and ``resume=True`` measures only what is missing. Then the
-per-network overhead term is measured on whole networks (end-to-end minus the sum of their units).
+killed profile keeps what it measured and ``resume=True`` measures only what is missing. The
+per-network overhead term comes from whole networks (end-to-end minus the sum of their units), each
+timed in ``OVERHEAD_ROUNDS`` rounds spread through the unit sweep (a slow minute of the machine then
+weighs on networks and units alike).
 Each run records the machine's load (the cores other processes used while it ran, from ``/proc/stat``,
 and the load average) and, for the wall clock, the process CPU time per wall second of its timed passes in ``table.quality["runs"]`` (see :func:`bhsearch.latency.table.assess`).
 """
@@ -11,6 +13,7 @@ and the load average) and, for the wall clock, the process CPU time per wall sec
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -65,6 +68,9 @@ def space_specs(base: Spec | str, space: Any = None) -> list[Spec]:
 OVERHEAD_NETWORKS = 6
 #: The deepest stage of an overhead network (random candidates), as in the accuracy benchmark.
 OVERHEAD_MAX_DEPTH = 8
+#: Times each overhead network is timed, at evenly spaced points of the unit sweep (one per part of it):
+#: its end-to-end time is then taken in the same machine states as the units it is compared with.
+OVERHEAD_ROUNDS = 2
 
 
 def overhead_specs(specs: list[Spec], space: Any, n: int) -> list[Spec]:
@@ -117,8 +123,10 @@ def profile_space(
     term, if missing) are measured; it must have been measured under the same settings. Without
     ``resume`` an existing table is replaced. ``on_unit(key, entry, done, total)`` is called after each
     unit is saved. ``overhead_networks`` whole networks (the base, then random candidates of the
-    space, :func:`overhead_specs`) give the overhead term and its boundary slope (:func:`fit_overhead`). ``runtime`` (``RUNTIMES``) adds that runtime's entries to the table
-    (onnxruntime: inference only, keys ending in ``@onnxruntime``), so one table holds several.
+    space, :func:`overhead_specs`), each timed ``OVERHEAD_ROUNDS`` times at points spread through the unit
+    sweep (:func:`network_slots`), give the overhead term and its boundary slope (:func:`fit_overhead`).
+    ``runtime`` (``RUNTIMES``) adds that runtime's entries to the table (onnxruntime: inference only,
+    keys ending in ``@onnxruntime``), so one table holds several.
     """
     width, height = parse_input_size(input_size)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -175,8 +183,10 @@ def profile_space(
     units = distinct_units(specs, (width, height))
     todo = [u for u in units if runtime_key(u.key, runtime) not in table.units]
     skey = runtime_key(size_key((width, height)), runtime)
-    need_overhead = skey not in table.overhead
-    total = len(todo) + (overhead_networks if need_overhead else 0)
+    networks = overhead_specs(specs, space, overhead_networks) if skey not in table.overhead else []
+    slots = network_slots(len(todo), len(networks), OVERHEAD_ROUNDS)
+    timings: list[list[dict[str, Any]]] = [[] for _ in networks]
+    total = len(todo) + len(networks) * OVERHEAD_ROUNDS
     table.save(out)
 
     account = m.CpuAccount()
@@ -184,7 +194,15 @@ def profile_space(
            "cpus": available_cpus(), "load_start": load_average()}  # fmt: skip
     t_run, busy0, own0 = time.perf_counter(), cpu_busy_seconds(), process_cpu_seconds()
     bar = _progress(progress, total, f"profiling {len(todo)} of {len(units)} units")
+
+    def time_networks(after: int) -> None:
+        for i in slots.get(after, []):
+            bar.update(f"overhead: whole network {networks[i]}")
+            timings[i].append(_time_network(m, networks[i], (width, height), settings, warmup, reps, runtime, account))
+            bar.advance()
+
     try:
+        time_networks(0)
         for done, unit in enumerate(todo, start=1):
             bar.update(f"{unit.key}")
             entry = _measure_unit(m, unit, dev, tdtype, batch_size, warmup, reps, norm, clock, runtime, account)
@@ -193,11 +211,9 @@ def profile_space(
             bar.advance()
             if on_unit is not None:
                 on_unit(unit.key, entry, done, total)
-        if need_overhead:
-            table.overhead[skey] = _measure_overhead(
-                m, table, overhead_specs(specs, space, overhead_networks), (width, height), settings, warmup, reps,
-                bar, runtime, account,
-            )
+            time_networks(done)
+        if networks:
+            table.overhead[skey] = _overhead_entry(table, networks, timings, (width, height), runtime)
     finally:
         bar.close()
         if total and account.wall_s > 0:  # a run that measured something: keep its machine readings
@@ -313,32 +329,51 @@ def _measure_unit(
     return entry
 
 
-def _measure_overhead(
-    m, table, specs, size, settings, warmup: int, reps: int, bar, runtime: str = "torch", account=None
-) -> dict[str, Any]:
+def network_slots(units: int, networks: int, rounds: int) -> dict[int, list[int]]:
+    """When to time each overhead network during a sweep of ``units`` units: ``{after unit k: [network
+    indices]}``, every network once per round, the ``networks * rounds`` timings evenly spaced through
+    the sweep (round r in its r-th part), so each network meets the machine states the units met."""
+    slots: dict[int, list[int]] = {}
+    count = networks * rounds
+    for j in range(count):
+        slots.setdefault(int((j + 0.5) * units / count), []).append(j % networks)
+    return slots
+
+
+def _time_network(m, spec, size, settings, warmup: int, reps: int, runtime: str, account) -> dict[str, Any]:
+    """One round of end-to-end timings of ``spec``, per mode (:func:`measure_latency` results)."""
+    out = {}
+    for mode in _modes(runtime):
+        out[mode] = m.measure_latency(
+            spec, size, settings["device"], settings["batch_size"], settings["dtype"], mode,
+            max(1, warmup), max(3, reps // 2 + 1), None, settings["norm"], settings["clock"],
+            runtime=runtime, account=account,
+        )  # fmt: skip
+    return out
+
+
+def _overhead_entry(table, specs, timings, size, runtime: str) -> dict[str, Any]:
     """End-to-end time minus the sum of the units, per mode and statistic, on whole networks, fitted
-    as ``a + b x elements`` (:func:`fit_overhead`)."""
+    as ``a + b x elements`` (:func:`fit_overhead`). A network's time is the median of its rounds'
+    medians (the least of their minima); its spread the largest of its rounds' spreads and of the
+    relative range of their medians, so a machine that changed speed between rounds shows."""
     networks = []
     modes = _modes(runtime)
-    for spec in specs:
-        bar.update(f"overhead: whole network {spec}")
+    for spec, rounds in zip(specs, timings, strict=True):
         units = network_units(spec, size)
         row: dict[str, Any] = {"spec": spec.id, "elements": sum(input_elements(u) for u in units)}
         for mode in modes:
-            measured = m.measure_latency(
-                spec, size, settings["device"], settings["batch_size"], settings["dtype"], mode,
-                max(1, warmup), max(3, reps // 2 + 1), None, settings["norm"], settings["clock"],
-                runtime=runtime, account=account,
-            )  # fmt: skip
-            row[f"{mode}_spread"] = measured["spread"]
+            medians = [r[mode]["median_s"] for r in rounds]
+            center = statistics.median(medians)
+            row[f"{mode}_rounds_s"] = medians
+            spreads = [r[mode]["spread"] or 0.0 for r in rounds]
+            row[f"{mode}_spread"] = max([*spreads, (max(medians) - min(medians)) / center])
+            measured = {"median": center, "min": min(r[mode]["min_s"] for r in rounds)}
             for stat in STATS:
                 name = f"{mode}_s" if stat == "median" else f"{mode}_{stat}_s"
-                row[f"{mode}_{stat}_measured_s"] = measured[f"{stat}_s"]
-                row[f"{mode}_{stat}_units_s"] = sum(
-                    table.units[runtime_key(u.key, runtime)][name] for u in units
-                )
+                row[f"{mode}_{stat}_measured_s"] = measured[stat]
+                row[f"{mode}_{stat}_units_s"] = sum(table.units[runtime_key(u.key, runtime)][name] for u in units)
         networks.append(row)
-        bar.advance()
     entry: dict[str, Any] = {"networks": networks, "measured": _now()}
     if runtime != "torch":
         entry["runtime"] = runtime
