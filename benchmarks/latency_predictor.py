@@ -18,7 +18,8 @@ then score on the held-out networks only (MAPE, Spearman):
 
 Printed per space, runtime and threads: each method's mean and standard deviation over the profiles,
 with the table's quality warnings, and the measurements' own repeatability (``repeat``: the mean relative
-deviation of a held-out network's rounds from its latency, a floor under any method's MAPE). Numbers are only meaningful on an idle machine (``uptime`` first).
+deviation of a held-out network's rounds from its latency, a floor under any method's MAPE). Numbers are
+only meaningful on an idle machine (``uptime`` first).
 
     python benchmarks/latency_predictor.py --spaces resnet50,hrnet32 --scale 0.5 --threads 1 \\
         --runtimes torch,onnxruntime --profiles 3 --train 8 --candidates 20
