@@ -4,9 +4,10 @@ For every space (ResNet-50 and HRNet-32 at ``--scale`` of their widths, their de
 runtime (``--runtimes``) and thread count (``--threads``), and for each of ``--profiles`` independent
 repetitions: profile the space into a fresh lookup table and measure end-to-end inference latency of
 ``--train`` training networks (the base and random candidates) and ``--candidates`` held-out random
-candidates in ``--rounds`` rounds, half before the profile and half after (a network's latency is the
-median over its rounds, so a slow drift of the machine's speed cancels between table and measurement),
-then score on the held-out networks only (MAPE, Spearman):
+candidates in ``--rounds`` rounds, half before the profile and half after (a network's latency is combined
+over its rounds as the table combines a unit's: the median of the rounds' medians, the least of their minima;
+a slow drift of the machine's speed then cancels between table and measurement), then score on the held-out
+networks only (MAPE, Spearman), for both statistics:
 
 * ``predictor``: the table's prediction (sum of units + overhead term ``a + b x``, fitted by the profile on
   its own whole networks), fitted on nothing here;
@@ -16,8 +17,9 @@ then score on the held-out networks only (MAPE, Spearman):
 * ``corrected``: the predictor times a per-stage correction, measured / predicted ~ sum_s c_s x
   (FLOP share of stage s), fitted by ridge least squares (towards c = 1) on the training networks.
 
-Printed per space, runtime and threads: each method's mean and standard deviation over the profiles,
-with the table's quality warnings, and the measurements' own repeatability (``repeat``: the mean relative
+Printed per space, runtime and threads: per profile the scores on ``--stat`` with the table's quality
+warnings, then for each statistic (``--stat`` first) each method's mean, standard deviation and worst value
+over the profiles, and the measurements' own repeatability (``repeat``: the mean relative
 deviation of a held-out network's rounds from its latency, a floor under any method's MAPE). Numbers are
 only meaningful on an idle machine (``uptime`` first).
 
@@ -39,6 +41,7 @@ import time
 from pathlib import Path
 
 METHODS = ("predictor", "constant", "corrected", "flops", "acts")
+STATS = ("median", "min")
 
 
 def _parse() -> argparse.Namespace:
@@ -65,16 +68,19 @@ def _parse() -> argparse.Namespace:
         type=int,
         default=2,
         help="rounds over all networks per profile, half before it and half after (each: warm-up, --reps runs); a "
-        "network's latency is the median over rounds of each round's --stat, so a slow drift of the machine's "
-        "speed cancels between the profile and the measurements (default 2)",
+        "network's latency is the median of the rounds' medians (min: the least of their minima), so a slow drift "
+        "of the machine's speed cancels between the profile and the measurements (default 2)",
     )
-    p.add_argument("--profile-reps", type=int, default=5, help="timed runs per unit in the profile (median)")
+    p.add_argument(
+        "--profile-reps", type=int, default=5, help="timed runs per unit in the profile, split over its rounds"
+    )
     p.add_argument(
         "--stat",
         default="median",
         choices=["median", "min"],
-        help="statistic of the repetitions, for the table's prediction and the measured networks alike: median "
-        "(default) or min (robust to other processes taking a core, which only ever adds time)",
+        help="statistic of the repetitions printed per profile and summarised first (both are scored, for the "
+        "table's prediction and the measured networks alike): median (default) or min (robust to other processes "
+        "taking a core, which only ever adds time)",
     )
     p.add_argument("--ridge", type=float, default=1.0, help="ridge weight of the corrected predictor (towards 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -102,19 +108,21 @@ def _measure_round(specs, args, size: str, threads: int, clock: str, runtime: st
 
 
 def _rows(specs, table, rounds: list[dict[str, dict]], args, size: str, runtime: str) -> list[dict]:
-    """Per spec: measured (median over rounds of each round's statistic) and predicted, both statistics."""
+    """Per spec and statistic: measured and predicted, combined over rounds as the table combines its own
+    timings (median: the median of the rounds' medians; min: the least of their minima)."""
     from bhsearch.latency import predict_latency
 
     rows = []
     for spec in specs:
         runs = [r[spec.id] for r in rounds]
         row = {"spec": spec.id, "spread": statistics.median(m["spread"] for m in runs)}
-        for stat in ("median", "min"):
-            row[f"measured_{stat}_s"] = statistics.median(m[f"{stat}_s"] for m in runs)
+        row["measured_median_s"] = statistics.median(m["median_s"] for m in runs)
+        row["measured_min_s"] = min(m["min_s"] for m in runs)
+        for stat in STATS:
             row[f"predicted_{stat}_s"] = predict_latency(spec, size, table, stat=stat, runtime=runtime)
+            row[f"constant_{stat}_s"] = _constant_term_prediction(spec, table, size, runtime, stat)
         row["rounds_s"] = [m[f"{args.stat}_s"] for m in runs]
-        row.update(measured_s=row[f"measured_{args.stat}_s"], predicted_s=row[f"predicted_{args.stat}_s"])
-        row["constant_s"] = _constant_term_prediction(spec, table, size, runtime, args.stat)
+        row.update({f"{k}_s": row[f"{k}_{args.stat}_s"] for k in ("measured", "predicted", "constant")})
         rows.append(row)
     return rows
 
@@ -173,18 +181,17 @@ def _fit_correction(features: list[list[float]], ratios: list[float], ridge: flo
     return list(np.linalg.solve(lhs, rhs))
 
 
-def _evaluate(train_rows: list[dict], test_rows: list[dict], ridge: float) -> dict[str, dict[str, float]]:
-    """Every method's held-out MAPE and Spearman (baselines and correction fitted on ``train_rows``)."""
-    meas = [r["measured_s"] for r in test_rows]
-    a_flops = _fit_scale([r["flops"] for r in train_rows], [r["measured_s"] for r in train_rows])
-    a_acts = _fit_scale([r["acts"] for r in train_rows], [r["measured_s"] for r in train_rows])
-    coef = _fit_correction(
-        [r["shares"] for r in train_rows], [r["measured_s"] / r["predicted_s"] for r in train_rows], ridge
-    )
+def _evaluate(train_rows: list[dict], test_rows: list[dict], ridge: float, stat: str) -> dict[str, dict[str, float]]:
+    """Every method's held-out MAPE and Spearman on ``stat`` (baselines and correction fitted on ``train_rows``)."""
+    measured, predicted = f"measured_{stat}_s", f"predicted_{stat}_s"
+    meas = [r[measured] for r in test_rows]
+    a_flops = _fit_scale([r["flops"] for r in train_rows], [r[measured] for r in train_rows])
+    a_acts = _fit_scale([r["acts"] for r in train_rows], [r[measured] for r in train_rows])
+    coef = _fit_correction([r["shares"] for r in train_rows], [r[measured] / r[predicted] for r in train_rows], ridge)
     preds = {
-        "predictor": [r["predicted_s"] for r in test_rows],
-        "constant": [r["constant_s"] for r in test_rows],
-        "corrected": [r["predicted_s"] * sum(c * s for c, s in zip(coef, r["shares"], strict=True)) for r in test_rows],
+        "predictor": [r[predicted] for r in test_rows],
+        "constant": [r[f"constant_{stat}_s"] for r in test_rows],
+        "corrected": [r[predicted] * sum(c * s for c, s in zip(coef, r["shares"], strict=True)) for r in test_rows],
         "flops": [a_flops * r["flops"] for r in test_rows],
         "acts": [a_acts * r["acts"] for r in test_rows],
     }
@@ -205,6 +212,18 @@ def _mean_sd(values: list[float]) -> str:
         return "n/a"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.3g} ± {sd:.2g}"
+
+
+def _summarize(scores: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
+    """Print and return every method's MAPE and Spearman over the profiles' ``scores``."""
+    out = {}
+    for m in METHODS:
+        mapes = [s[m]["mape_pct"] for s in scores]
+        rhos = [s[m]["spearman"] for s in scores]
+        out[m] = {"mape_pct": mapes, "spearman": rhos}
+        print(f"    {m:10s} MAPE {_mean_sd(mapes):>14s} % (worst {max(mapes):5.1f})   "
+              f"Spearman {_mean_sd(rhos):>14s} (worst {min(rhos):.3f})")  # fmt: skip
+    return out
 
 
 def main() -> int:
@@ -250,11 +269,13 @@ def main() -> int:
                     for row in rows:
                         row.update(flops=costs[row["spec"]].flops, acts=costs[row["spec"]].activations)
                         row["shares"] = _stage_shares(bhsearch.get_spec(row["spec"]), size)
-                    scores = _evaluate(rows[: len(train_specs)], rows[len(train_specs) :], args.ridge)
-                    repeat = _repeat_pct(rows[len(train_specs) :])
+                    train_rows, test_rows = rows[: len(train_specs)], rows[len(train_specs) :]
+                    by_stat = {stat: _evaluate(train_rows, test_rows, args.ridge, stat) for stat in STATS}
+                    scores, repeat = by_stat[args.stat], _repeat_pct(test_rows)
                     warnings = [w["message"] for w in load_table(out).warnings]
                     per_profile.append({"profile_s": profile_s, "units": len(table.units), "scores": scores,
-                                        "repeat_pct": repeat, "warnings": warnings, "rows": rows})  # fmt: skip
+                                        "scores_by_stat": by_stat, "repeat_pct": repeat, "warnings": warnings,
+                                        "rows": rows})  # fmt: skip
                     line = ", ".join(
                         f"{m} {scores[m]['mape_pct']:.1f} % / {scores[m]['spearman']:.3f}" for m in METHODS
                     )
@@ -262,19 +283,18 @@ def main() -> int:
                           f"held-out MAPE / Spearman: {line}; repeat {repeat:.1f} %", flush=True)  # fmt: skip
                     for w in warnings:
                         print(f"    WARNING: {w}")
-                print(f"  over {args.profiles} profiles (mean ± sd), held out on {len(test_specs)} networks:")
-                summary = {}
-                for m in METHODS:
-                    mapes = [p["scores"][m]["mape_pct"] for p in per_profile]
-                    rhos = [p["scores"][m]["spearman"] for p in per_profile]
-                    summary[m] = {"mape_pct": mapes, "spearman": rhos}
-                    print(f"    {m:10s} MAPE {_mean_sd(mapes):>14s} %   Spearman {_mean_sd(rhos):>14s}")
+                by_stat = {}
+                for stat in sorted(STATS, key=lambda st: st != args.stat):  # --stat first
+                    print(f"  {stat} of the repetitions, over {args.profiles} profiles (mean ± sd, worst), "
+                          f"held out on {len(test_specs)} networks:")  # fmt: skip
+                    by_stat[stat] = _summarize([p["scores_by_stat"][stat] for p in per_profile])
+                summary = dict(by_stat[args.stat])
                 repeats = [p["repeat_pct"] for p in per_profile]
                 summary["repeat_pct"] = repeats
                 print(f"    repeat          {_mean_sd(repeats):>14s} %   (the measurements' own round-to-round change)")
                 results["settings_runs"].append({
                     "space": name, "runtime": runtime, "threads": threads, "clock": clock,
-                    "summary": summary, "profiles": per_profile,
+                    "summary": summary, "summary_by_stat": by_stat, "profiles": per_profile,
                 })  # fmt: skip
 
         # the predictor's own speed (pure Python, the solver's inner loop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -135,7 +136,8 @@ def test_boundary_slope_adds_per_input_element_of_every_unit():
     rows = predict_breakdown(spec, SIZE, table)
     assert rows[-1] == ("boundary", pytest.approx(-1e-9 * elements))
     assert sum(t for _, t in rows) == pytest.approx(predict_latency(spec, SIZE, table), abs=1e-15)
-    assert predict_latency(spec, SIZE, table, mode="train") == pytest.approx(3 * 95e-3 + 0.02, abs=1e-12)  # no train slope
+    # the train mode has no boundary slope
+    assert predict_latency(spec, SIZE, table, mode="train") == pytest.approx(3 * 95e-3 + 0.02, abs=1e-12)
 
 
 def test_overhead_fit_is_a_robust_line_through_the_networks():
@@ -315,19 +317,48 @@ def test_profile_times_overhead_networks_through_the_unit_sweep(tmp_path, monkey
     table = prof.profile_space(TINY, SIZE, out=tmp_path / "p.json", warmup=0, reps=1, threads=1, overhead_networks=3,
                                on_unit=lambda *a: events.append("unit"))  # fmt: skip
     units = events.count("unit")
-    assert events.count("network") == 3 * prof.OVERHEAD_ROUNDS and units > 6
-    slots = prof.network_slots(units, 3, prof.OVERHEAD_ROUNDS)  # the networks sit where the slots say
+    assert events.count("network") == 3 * prof.ROUNDS and units > 6
+    slots = prof.network_slots(units, 3, prof.ROUNDS)  # the networks sit where the slots say
     expected = ["network"] * len(slots.get(0, []))
     for k in range(1, units + 1):
         expected += ["unit"] + ["network"] * len(slots.get(k, []))
     assert events == expected and len(slots) > 1
     assert events[: len(events) // 2].count("network") == 3  # one round per half of the sweep
+    assert units == prof.ROUNDS * len(table.units)  # every unit timed once per round, a pass apart
+    assert all(len(e["rounds"]) == prof.ROUNDS for e in table.units.values())
     for net in table.overhead[SIZE]["networks"]:
         assert net["inference_rounds_s"] == [0.010, 0.020]
         assert net["inference_median_measured_s"] == pytest.approx(0.015)  # median of the rounds
         assert net["inference_min_measured_s"] == pytest.approx(0.009)
         assert net["inference_spread"] == pytest.approx((0.020 - 0.010) / 0.015)  # the drift shows as spread
     assert "spread" in _codes(load_table(tmp_path / "p.json"))
+
+
+def test_combine_rounds_keeps_the_median_the_least_minimum_and_the_drift():
+    from bhsearch.latency.profile import combine_rounds
+
+    a = {"median_s": 0.010, "min_s": 0.009, "p10_s": 0.0095, "p90_s": 0.0105, "spread": 0.1}
+    b = {"median_s": 0.012, "min_s": 0.0085, "p10_s": 0.011, "p90_s": 0.013, "spread": 2 / 12}
+    c = combine_rounds([a, b])
+    assert c["median_s"] == pytest.approx(0.011) and c["min_s"] == 0.0085 and c["rounds_s"] == [0.010, 0.012]
+    assert (c["p10_s"], c["p90_s"]) == (0.0095, 0.013)
+    assert c["spread"] == pytest.approx(2 / 11)  # the rounds' range beats their own spreads
+    assert combine_rounds([a])["spread"] == 0.1 and combine_rounds([a, a, b])["median_s"] == 0.010
+    assert "p10_s" not in combine_rounds([{"median_s": 1.0, "min_s": 0.9, "spread": None}])
+
+
+def test_sweep_takes_the_missing_rounds_in_passes():
+    from bhsearch.latency import distinct_units, space_specs
+    from bhsearch.latency.profile import ROUNDS, sweep, unit_rounds
+
+    units = distinct_units(space_specs(TINY), SIZE)
+    keys = [u.key for u in units]
+    assert ROUNDS == 2 and [u.key for u in sweep(units, {})] == keys + keys
+    done = {keys[0]: 2, keys[1]: 1, "legacy": 5}
+    assert [u.key for u in sweep(units, done)] == keys[2:] + keys[1:]
+    # other runtimes count their own entries; torch.compile is timed in one round (it would compile again)
+    assert [u.key for u in sweep(units, done, "onnxruntime")] == keys + keys
+    assert unit_rounds("compile") == 1 and [u.key for u in sweep(units, {}, "compile")] == keys
 
 
 class _Killed(Exception):
@@ -352,12 +383,15 @@ def test_profile_resumes_after_being_killed(tmp_path):
         profile_space(TINY, SIZE, on_unit=kill_after_three, **kwargs)
     partial = load_table(out)
     assert list(partial.units) == seen and len(seen) == 3 and not partial.overhead
+    assert all(len(e["rounds"]) == 1 for e in partial.units.values())
 
     resumed: list[str] = []
     table = profile_space(TINY, SIZE, on_unit=lambda key, *a: resumed.append(key), **kwargs)
-    assert len(resumed) == total - 3 and not set(resumed) & set(seen)
+    first, second = resumed[: total - 3], resumed[total - 3 :]  # round 1 of the other units, then round 2 of all
+    assert first == [k for k in table.units if k not in seen] and second == list(table.units)
     for key in seen:  # what was measured before the kill is kept as it was
-        assert table.units[key] == partial.units[key]
+        assert table.units[key]["rounds"][0] == partial.units[key]["rounds"][0]
+        assert len(table.units[key]["rounds"]) == 2
     assert len(table.units) == total and "64x48" in table.overhead
     assert table.settings["threads"] == 1 and table.settings["batch_size"] == 1
     # timing values are not asserted (under load a prediction, units minus overhead, can go negative):
@@ -537,9 +571,13 @@ def test_profile_records_spread_and_machine_readings(tmp_path, monkeypatch):
     assert run["timed_wall_s"] > 0 and run["timed_cpu_s"] > 0
     for entry in table.units.values():
         for mode in ("inference", "train"):
-            assert entry[f"{mode}_spread"] == pytest.approx(
-                (entry[f"{mode}_p90_s"] - entry[f"{mode}_p10_s"]) / entry[f"{mode}_s"]
+            rounds = [r[mode] for r in entry["rounds"]]
+            assert len(rounds) == 2 and all(
+                r["spread"] == pytest.approx((r["p90_s"] - r["p10_s"]) / r["median_s"]) for r in rounds
             )
+            assert entry[f"{mode}_s"] == pytest.approx(statistics.median(r["median_s"] for r in rounds))
+            assert entry[f"{mode}_min_s"] == min(r["min_s"] for r in rounds)
+            assert entry[f"{mode}_spread"] >= max(r["spread"] for r in rounds)
     (net,) = table.overhead[SIZE]["networks"]
     assert net["inference_spread"] >= 0 and net["train_spread"] >= 0
     assert "loaded" in _codes(load_table(out))  # injected end load: 7.5 on 2 cores

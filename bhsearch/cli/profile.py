@@ -11,10 +11,11 @@ ORDER = 30
 
 DESCRIPTION = """\
 Measure, on this machine's device, every distinct unit (stem, residual block at its resolution,
-width and stride) that the design space around BASE can produce, once each: inference time and
-training-step (forward + backward) time as the median of REPS runs after WARMUP runs, and peak
-memory. Six whole networks (the base and random candidates of the space), each timed twice at
-points spread through the units' sweep, give the overhead term: whole network minus the sum of its
+width and stride) that the design space around BASE can produce: inference time and training-step
+(forward + backward) time in two rounds, passes over all units minutes apart (WARMUP runs, then half
+of REPS timed runs each; one round under --runtime compile), the median of the rounds' medians kept,
+and peak memory. Six whole networks (the base and random candidates of the space), each timed twice
+at points spread through the sweep, give the overhead term: whole network minus the sum of its
 units, fitted as a + b x (the elements of the units' inputs), since units timed alone pay for
 reading their input from memory and, in onnxruntime, for converting it to and from its blocked
 layout, which a network does once. The table is written after every unit; with --resume (the
@@ -25,8 +26,8 @@ to ONNX and run in onnxruntime (intra-op threads = --threads, sequential executi
 table; --runtime compile those of torch.compile'd units (inductor; compiling takes about a
 minute per unit on a CPU). `count/solve --runtime RUNTIME` predict from them.
 
-Every unit and whole network keeps the relative spread of its repetitions, (p90 - p10) / median
-(a whole network: also the relative range of its two rounds, so a machine that changed speed shows).
+Every unit and whole network keeps the relative spread of its repetitions, (p90 - p10) / median,
+or the relative range of its two rounds where larger, so a machine that changed speed shows.
 A profile is marked (one WARNING line per problem on stderr, and in the table's "quality" field,
 which `count --profile` and `solve --profile` repeat) when the median spread of its units or whole
 networks exceeds 10 %, when the per-network term a is negative beyond 5 % of the whole networks'
@@ -78,8 +79,10 @@ def register(subparsers) -> None:
         "'export' extra) or compile (torch.compile, inference only; minutes of compiling per unit on CPU); "
         "one table holds several",
     )
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing, lasting at least 0.25 s when >= 1; default 1")
-    p.add_argument("--reps", type=int, default=5, help="timed runs, the median is kept; default 5")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs before timing, lasting at least 0.25 s when >= 1; default 1"
+    )
+    p.add_argument("--reps", type=int, default=5, help="timed runs per unit, split over its rounds; default 5")
     p.add_argument(
         "--resume",
         action=argparse.BooleanOptionalAction,

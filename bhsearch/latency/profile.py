@@ -1,11 +1,12 @@
 """Profile a design space into a latency lookup table (imports torch).
 
-Every distinct unit the space can produce is measured once (warm-up, repetitions, median) in
-inference and in a training step, with its memory; the table is rewritten after every unit, so a
-killed profile keeps what it measured and ``resume=True`` measures only what is missing. The
-per-network overhead term comes from whole networks (end-to-end minus the sum of their units), each
-timed in ``OVERHEAD_ROUNDS`` rounds spread through the unit sweep (a slow minute of the machine then
-weighs on networks and units alike).
+Every distinct unit the space can produce is timed in ``ROUNDS`` passes over the units (each: warm-up,
+repetitions) in inference and in a training step, with its memory; a unit's time is the median of its
+rounds' medians (min: the least of their minima), so a slow minute of the machine weighs on one of its
+timings, not on all. The table is rewritten after every unit, so a killed profile keeps what it measured
+and ``resume=True`` measures only what is missing (whole units or their later rounds). The per-network
+overhead term comes from whole networks (end-to-end minus the sum of their units), each timed in
+``ROUNDS`` rounds spread through the sweep (a slow minute then weighs on networks and units alike).
 Each run records the machine's load (the cores other processes used while it ran, from ``/proc/stat``,
 and the load average) and, for the wall clock, the process CPU time per wall second of its timed passes in ``table.quality["runs"]`` (see :func:`bhsearch.latency.table.assess`).
 """
@@ -68,9 +69,17 @@ def space_specs(base: Spec | str, space: Any = None) -> list[Spec]:
 OVERHEAD_NETWORKS = 6
 #: The deepest stage of an overhead network (random candidates), as in the accuracy benchmark.
 OVERHEAD_MAX_DEPTH = 8
-#: Times each overhead network is timed, at evenly spaced points of the unit sweep (one per part of it):
-#: its end-to-end time is then taken in the same machine states as the units it is compared with.
-OVERHEAD_ROUNDS = 2
+#: Times every unit (one pass over all units per round) and every overhead network (at evenly spaced
+#: points of the passes, one per part) is timed: each is then taken in several machine states, and the
+#: networks in the same states as the units they are compared with.
+ROUNDS = 2
+#: Runtimes whose units are timed in fewer rounds: torch.compile would compile every unit again.
+UNIT_ROUNDS = {"compile": 1}
+
+
+def unit_rounds(runtime: str) -> int:
+    """Rounds each unit is timed in under ``runtime``."""
+    return UNIT_ROUNDS.get(runtime, ROUNDS)
 
 
 def overhead_specs(specs: list[Spec], space: Any, n: int) -> list[Spec]:
@@ -117,14 +126,15 @@ def profile_space(
     progress: bool = False,
     on_unit: Callable[[str, dict[str, Any], int, int], None] | None = None,
 ) -> LatencyTable:
-    """Measure every distinct unit of the design space once and write a lookup table to ``out``.
+    """Time every distinct unit of the design space in rounds and write a lookup table to ``out``.
 
     With ``resume`` an existing table at ``out`` is kept and only missing units (and the overhead
     term, if missing) are measured; it must have been measured under the same settings. Without
     ``resume`` an existing table is replaced. ``on_unit(key, entry, done, total)`` is called after each
-    unit is saved. ``overhead_networks`` whole networks (the base, then random candidates of the
-    space, :func:`overhead_specs`), each timed ``OVERHEAD_ROUNDS`` times at points spread through the unit
-    sweep (:func:`network_slots`), give the overhead term and its boundary slope (:func:`fit_overhead`).
+    unit round is saved. ``reps`` timed runs per unit are split over its rounds (:func:`unit_rounds`; at
+    least one each). ``overhead_networks`` whole networks (the base, then random candidates of the space,
+    :func:`overhead_specs`), each timed ``ROUNDS`` times at points spread through the sweep
+    (:func:`network_slots`), give the overhead term and its boundary slope (:func:`fit_overhead`).
     ``runtime`` (``RUNTIMES``) adds that runtime's entries to the table (onnxruntime: inference only,
     keys ending in ``@onnxruntime``), so one table holds several.
     """
@@ -181,19 +191,20 @@ def profile_space(
         table.settings["bases"].append(specs[0].id)
 
     units = distinct_units(specs, (width, height))
-    todo = [u for u in units if runtime_key(u.key, runtime) not in table.units]
+    steps = sweep(units, {k: rounds_done(e) for k, e in table.units.items()}, runtime)
     skey = runtime_key(size_key((width, height)), runtime)
     networks = overhead_specs(specs, space, overhead_networks) if skey not in table.overhead else []
-    slots = network_slots(len(todo), len(networks), OVERHEAD_ROUNDS)
+    slots = network_slots(len(steps), len(networks), ROUNDS)
     timings: list[list[dict[str, Any]]] = [[] for _ in networks]
-    total = len(todo) + len(networks) * OVERHEAD_ROUNDS
+    total = len(steps) + len(networks) * ROUNDS
+    unit_reps = max(1, -(-reps // unit_rounds(runtime)))
     table.save(out)
 
     account = m.CpuAccount()
     run = {"started": _now(), "runtime": runtime, "threads": settings["threads"], "clock": settings["clock"],
            "cpus": available_cpus(), "load_start": load_average()}  # fmt: skip
     t_run, busy0, own0 = time.perf_counter(), cpu_busy_seconds(), process_cpu_seconds()
-    bar = _progress(progress, total, f"profiling {len(todo)} of {len(units)} units")
+    bar = _progress(progress, total, f"profiling {len({u.key for u in steps})} of {len(units)} units")
 
     def time_networks(after: int) -> None:
         for i in slots.get(after, []):
@@ -203,10 +214,12 @@ def profile_space(
 
     try:
         time_networks(0)
-        for done, unit in enumerate(todo, start=1):
+        for done, unit in enumerate(steps, start=1):
             bar.update(f"{unit.key}")
-            entry = _measure_unit(m, unit, dev, tdtype, batch_size, warmup, reps, norm, clock, runtime, account)
-            table.units[runtime_key(unit.key, runtime)] = entry
+            key = runtime_key(unit.key, runtime)
+            entry = _measure_unit(m, unit, dev, tdtype, batch_size, warmup, unit_reps, norm, clock, runtime, account,
+                                  table.units.get(key))  # fmt: skip
+            table.units[key] = entry
             table.save(out)
             bar.advance()
             if on_unit is not None:
@@ -299,10 +312,43 @@ def _modes(runtime: str) -> tuple[str, ...]:
     return ("inference",) if runtime in INFERENCE_ONLY_RUNTIMES else ("inference", "train")
 
 
+def rounds_done(entry: dict[str, Any]) -> int:
+    """Rounds a unit entry holds (an entry written before units were timed in rounds counts as complete)."""
+    return len(entry["rounds"]) if "rounds" in entry else ROUNDS
+
+
+def sweep(units: list[Unit], done: dict[str, int], runtime: str = "torch") -> list[Unit]:
+    """The unit timings still to take, in order: round r is one pass over the units with fewer than r + 1
+    rounds in ``done`` (table key -> rounds held; a missing unit holds none), ``unit_rounds(runtime)``
+    rounds in all."""
+    rounds = range(unit_rounds(runtime))
+    return [u for r in rounds for u in units if done.get(runtime_key(u.key, runtime), 0) <= r]
+
+
+def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One time from rounds of timings (:func:`time_module` / :func:`measure_latency` results): the median
+    of their medians, the least of their minima, the outermost p10 / p90, and as spread the largest of
+    their spreads and of the relative range of their medians (a machine that changed speed shows)."""
+    medians = [r["median_s"] for r in rounds]
+    center = statistics.median(medians)
+    spreads = [r.get("spread") or 0.0 for r in rounds]
+    out = {
+        "median_s": center,
+        "min_s": min(r["min_s"] for r in rounds),
+        "spread": max([*spreads, (max(medians) - min(medians)) / center if center > 0 else 0.0]),
+        "rounds_s": medians,
+    }
+    if all(r.get("p10_s") is not None and r.get("p90_s") is not None for r in rounds):
+        out.update(p10_s=min(r["p10_s"] for r in rounds), p90_s=max(r["p90_s"] for r in rounds))
+    return out
+
+
 def _measure_unit(
     m, unit: Unit, dev, tdtype, batch_size: int, warmup: int, reps: int, norm: str, clock: str,
-    runtime: str = "torch", account=None,
+    runtime: str = "torch", account=None, entry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
+    """One more round of ``unit``'s timings added to ``entry`` (a new entry when None); its memory is
+    measured with the first round."""
     import torch
 
     torch.manual_seed(0)
@@ -310,29 +356,35 @@ def _measure_unit(
     shape = m.unit_input_shape(unit, batch_size)
     grad = m.unit_input_grad(unit)
     t0 = time.perf_counter()
-    entry: dict[str, Any] = {"unit": unit.to_dict()}
+    entry = dict(entry) if entry is not None else {"unit": unit.to_dict()}
     if runtime != "torch":
         entry["runtime"] = runtime
+    timings = {}
     for mode in _modes(runtime):
         r = m.time_module(
             module, shape, dev, tdtype, mode, warmup, reps, input_grad=grad and mode == "train", clock=clock,
             runtime=runtime, account=account,
         )  # fmt: skip
+        timings[mode] = {k: r[k] for k in ("median_s", "min_s", "p10_s", "p90_s", "spread")}
+    entry["rounds"] = [*entry.get("rounds", []), timings]
+    for mode in timings:
+        c = combine_rounds([t[mode] for t in entry["rounds"]])
         entry.update({
-            f"{mode}_s": r["median_s"], f"{mode}_p10_s": r["p10_s"], f"{mode}_p90_s": r["p90_s"],
-            f"{mode}_min_s": r["min_s"], f"{mode}_spread": r["spread"],
+            f"{mode}_s": c["median_s"], f"{mode}_p10_s": c["p10_s"], f"{mode}_p90_s": c["p90_s"],
+            f"{mode}_min_s": c["min_s"], f"{mode}_spread": c["spread"],
         })  # fmt: skip
-    if runtime == "torch":
+    if runtime == "torch" and "train_peak_bytes" not in entry:
         mem_train = m.memory_module(module, shape, dev, tdtype, "train", input_grad=grad)
         entry.update(train_saved_bytes=mem_train["saved_bytes"], train_peak_bytes=mem_train["peak_bytes"])
-    entry.update(profile_s=round(time.perf_counter() - t0, 3), measured=_now())
+    elapsed = time.perf_counter() - t0 + entry.get("profile_s", 0.0)
+    entry.update(profile_s=round(elapsed, 3), measured=_now())
     return entry
 
 
 def network_slots(units: int, networks: int, rounds: int) -> dict[int, list[int]]:
-    """When to time each overhead network during a sweep of ``units`` units: ``{after unit k: [network
-    indices]}``, every network once per round, the ``networks * rounds`` timings evenly spaced through
-    the sweep (round r in its r-th part), so each network meets the machine states the units met."""
+    """When to time each overhead network during a sweep of ``units`` unit timings: ``{after timing k:
+    [network indices]}``, every network once per round, the ``networks * rounds`` timings evenly spaced
+    through the sweep (round r in its r-th part), so each network meets the machine states the units met."""
     slots: dict[int, list[int]] = {}
     count = networks * rounds
     for j in range(count):
@@ -354,21 +406,18 @@ def _time_network(m, spec, size, settings, warmup: int, reps: int, runtime: str,
 
 def _overhead_entry(table, specs, timings, size, runtime: str) -> dict[str, Any]:
     """End-to-end time minus the sum of the units, per mode and statistic, on whole networks, fitted
-    as ``a + b x elements`` (:func:`fit_overhead`). A network's time is the median of its rounds'
-    medians (the least of their minima); its spread the largest of its rounds' spreads and of the
-    relative range of their medians, so a machine that changed speed between rounds shows."""
+    as ``a + b x elements`` (:func:`fit_overhead`); a network's rounds are combined as a unit's are
+    (:func:`combine_rounds`)."""
     networks = []
     modes = _modes(runtime)
     for spec, rounds in zip(specs, timings, strict=True):
         units = network_units(spec, size)
         row: dict[str, Any] = {"spec": spec.id, "elements": sum(input_elements(u) for u in units)}
         for mode in modes:
-            medians = [r[mode]["median_s"] for r in rounds]
-            center = statistics.median(medians)
-            row[f"{mode}_rounds_s"] = medians
-            spreads = [r[mode]["spread"] or 0.0 for r in rounds]
-            row[f"{mode}_spread"] = max([*spreads, (max(medians) - min(medians)) / center])
-            measured = {"median": center, "min": min(r[mode]["min_s"] for r in rounds)}
+            c = combine_rounds([r[mode] for r in rounds])
+            row[f"{mode}_rounds_s"] = c["rounds_s"]
+            row[f"{mode}_spread"] = c["spread"]
+            measured = {"median": c["median_s"], "min": c["min_s"]}
             for stat in STATS:
                 name = f"{mode}_s" if stat == "median" else f"{mode}_{stat}_s"
                 row[f"{mode}_{stat}_measured_s"] = measured[stat]
