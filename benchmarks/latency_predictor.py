@@ -88,6 +88,19 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
+def _machine() -> dict:
+    """The CPU model, its count and the load average now: runs on different machines or under load are
+    not comparable, so every log says which it had."""
+    import os
+
+    import torch
+
+    from bhsearch.latency.measure import device_name
+    from bhsearch.latency.profile import load_average
+
+    return {"cpu": device_name(torch.device("cpu")), "cpus": os.cpu_count(), "load_start": load_average()}
+
+
 def _candidates(base, n: int, max_blocks: int, rng: random.Random, exclude: set[str]):
     """``n`` distinct random candidates of the base's default design space (depth capped per stage)."""
     from bhsearch.solver import load_space, random_candidates
@@ -233,13 +246,16 @@ def main() -> int:
     import bhsearch
     from bhsearch.latency import load_table, predict_latency, profile_space
     from bhsearch.latency import units as units_mod
+    from bhsearch.latency.profile import load_average
 
     size = args.input
     threads_list = [int(t) for t in args.threads.split(",")]
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     print(f"# torch {torch.__version__}, input {size}, widths x{args.scale}, batch 1 fp32, {args.profiles} profiles, "
           f"{args.stat} of the repetitions")  # fmt: skip
-    results: dict = {"settings": vars(args), "settings_runs": []}
+    machine = _machine()
+    print(f"# {machine['cpu']} ({machine['cpus']} CPUs), load average {machine['load_start']} at the start")
+    results: dict = {"settings": vars(args), "machine": machine, "settings_runs": []}
     work = Path(tempfile.mkdtemp(prefix="latency-bench-"))
     for name in [s.strip() for s in args.spaces.split(",") if s.strip()]:
         base = bhsearch.get_spec(name).scaled(args.scale)
@@ -312,6 +328,8 @@ def main() -> int:
         print(
             f"  predict_latency: {per_pred * 1e6:.1f} us CPU per candidate, units enumerated afresh (target <= 100 us)"
         )
+    machine["load_end"] = load_average()
+    print(f"# load average {machine['load_end']} at the end")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
