@@ -202,7 +202,7 @@ def _ray_processes(temp_dir: str) -> list[int]:
 
 
 def test_resume_after_kill_loses_and_repeats_nothing(synthetic_data, tmp_path):
-    pretrain = {"data": synthetic_data.cifar100_ref, **PRETRAIN, "epochs": 3}  # the 2nd trial outlives the poll
+    pretrain = {"data": synthetic_data.cifar100_ref, **PRETRAIN, "epochs": 8}  # the 2nd trial outlives the poll (with 3 it sometimes finished first)
     path = write_study(
         tmp_path,
         synthetic_data,
