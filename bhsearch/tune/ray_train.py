@@ -20,6 +20,7 @@ pickle-free resume (``bhsearch.tune.state``) and the results see a data-parallel
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     from bhsearch.train import distributed
     from bhsearch.tune.noise import config_key
+    from bhsearch.tune.runner import drop_exit_noise
     from bhsearch.tune.study import Study
     from bhsearch.tune.trial import _restore_work, train_stages, trial_work_dir, work_root
 
+    sys.unraisablehook = drop_exit_noise(sys.unraisablehook)  # Ray's SIGTERM at shutdown: no stray traceback
     study_obj = Study.model_validate(loop_config["study"])
     config, run_dir, trial_id = loop_config["config"], loop_config["run_dir"], loop_config["trial_id"]
     work = work_root(run_dir) / trial_id

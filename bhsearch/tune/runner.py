@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -447,7 +448,8 @@ def make_trainable(study: Study, trial_fn: Callable | None = None, quiet: bool =
 
 def _quiet_worker(fn: Callable) -> Callable:
     """``fn`` run with the worker's ``ray`` logger at WARNING: Ray Train's session logs every checkpoint it
-    persists at INFO, and the worker forwards that to the driver's terminal. Warnings and errors still show."""
+    persists at INFO, and the worker forwards that to the driver's terminal. Warnings and errors still show,
+    except the one shutdown artefact ``drop_exit_noise`` describes."""
     import functools
 
     @functools.wraps(fn)
@@ -455,9 +457,27 @@ def _quiet_worker(fn: Callable) -> Callable:
         import logging
 
         logging.getLogger("ray").setLevel(logging.WARNING)
+        sys.unraisablehook = drop_exit_noise(sys.unraisablehook)
         return fn(config, study=study)
 
     return trial
+
+
+def drop_exit_noise(hook: Callable) -> Callable:
+    """``hook`` (a ``sys.unraisablehook``) that stays silent on ``SystemExit``. Ray stops an idle worker with
+    SIGTERM, and its handler raises ``SystemExit``; when the signal lands while a finaliser or weakref callback
+    runs, Python cannot raise it there and prints "Exception ignored in ..." with a traceback, which Ray forwards
+    to the driver's terminal after the study has finished. Every other unraisable exception goes to ``hook``.
+    Wrapping twice (a reused worker) keeps one wrapper."""
+    if getattr(hook, "drops_exit_noise", False):
+        return hook
+
+    def unraisable(args: Any) -> None:
+        if not isinstance(args.exc_value, SystemExit):
+            hook(args)
+
+    unraisable.drops_exit_noise = True  # type: ignore[attr-defined]
+    return unraisable
 
 
 class _DropRecords:
@@ -848,8 +868,6 @@ def run_study(
         except KeyboardInterrupt:
             interrupted = True  # what was measured is kept in latency.json; --resume measures the rest
         except (BhsearchError, RuntimeError, OSError) as exc:  # the trials' results still get written
-            import sys
-
             line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             print(f"bhsearch tune: warning: latency not measured ({line}); --resume measures it", file=sys.stderr)
     table = write_results(run_dir, study, statuses=state_mod.statuses(state))
