@@ -15,7 +15,10 @@ networks only (MAPE, Spearman), for both statistics:
 * ``flops`` / ``acts``: latency proportional to paper FLOPs / conv output elements, the factor fitted
   by least squares on the training networks (what matching on FLOPs or activations assumes);
 * ``corrected``: the predictor times a per-stage correction, measured / predicted ~ sum_s c_s x
-  (FLOP share of stage s), fitted by ridge least squares (towards c = 1) on the training networks.
+  (FLOP share of stage s), fitted by ridge least squares (towards c = 1) on the training networks;
+* ``blend``: ``w`` x predictor + (1 - ``w``) x the ``flops`` baseline, ``w`` in [0, 1] fitted by least squares
+  on the training networks: whether the table adds anything to FLOPs where the two score alike (``w`` is
+  kept in the JSON).
 
 Printed per space, runtime and threads: per profile the scores on ``--stat`` with the table's quality
 warnings, then for each statistic (``--stat`` first) each method's mean, standard deviation and worst value
@@ -40,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("predictor", "constant", "corrected", "flops", "acts")
+METHODS = ("predictor", "constant", "corrected", "blend", "flops", "acts")
 STATS = ("median", "min")
 
 
@@ -194,6 +197,15 @@ def _fit_correction(features: list[list[float]], ratios: list[float], ridge: flo
     return list(np.linalg.solve(lhs, rhs))
 
 
+def _fit_blend(pred: list[float], base: list[float], meas: list[float]) -> float:
+    """Least-squares ``w`` in [0, 1] of ``meas ~ w pred + (1 - w) base``."""
+    den = sum((p - b) ** 2 for p, b in zip(pred, base, strict=True))
+    if den == 0:
+        return 1.0
+    num = sum((p - b) * (m - b) for p, b, m in zip(pred, base, meas, strict=True))
+    return min(1.0, max(0.0, num / den))
+
+
 def _evaluate(train_rows: list[dict], test_rows: list[dict], ridge: float, stat: str) -> dict[str, dict[str, float]]:
     """Every method's held-out MAPE and Spearman on ``stat`` (baselines and correction fitted on ``train_rows``)."""
     measured, predicted = f"measured_{stat}_s", f"predicted_{stat}_s"
@@ -201,14 +213,22 @@ def _evaluate(train_rows: list[dict], test_rows: list[dict], ridge: float, stat:
     a_flops = _fit_scale([r["flops"] for r in train_rows], [r[measured] for r in train_rows])
     a_acts = _fit_scale([r["acts"] for r in train_rows], [r[measured] for r in train_rows])
     coef = _fit_correction([r["shares"] for r in train_rows], [r[measured] / r[predicted] for r in train_rows], ridge)
+    w = _fit_blend(
+        [r[predicted] for r in train_rows],
+        [a_flops * r["flops"] for r in train_rows],
+        [r[measured] for r in train_rows],
+    )
     preds = {
         "predictor": [r[predicted] for r in test_rows],
         "constant": [r[f"constant_{stat}_s"] for r in test_rows],
         "corrected": [r[predicted] * sum(c * s for c, s in zip(coef, r["shares"], strict=True)) for r in test_rows],
+        "blend": [w * r[predicted] + (1 - w) * a_flops * r["flops"] for r in test_rows],
         "flops": [a_flops * r["flops"] for r in test_rows],
         "acts": [a_acts * r["acts"] for r in test_rows],
     }
-    return {m: {"mape_pct": _mape(p, meas), "spearman": _spearman(p, meas)} for m, p in preds.items()}
+    scores = {m: {"mape_pct": _mape(p, meas), "spearman": _spearman(p, meas)} for m, p in preds.items()}
+    scores["blend"]["weight"] = w
+    return scores
 
 
 def _repeat_pct(rows: list[dict]) -> float:

@@ -530,9 +530,19 @@ def _per_stage(value: int | Sequence[int | None] | None, n: int, what: str) -> l
 class _Costing:
     """Metric vectors of specs: exact counts plus optional latency / train memory."""
 
-    def __init__(self, size, family, profile_table, need_memory: bool, batch_size: int, runtime: str = "torch") -> None:
+    def __init__(
+        self,
+        size,
+        family,
+        profile_table,
+        need_memory: bool,
+        batch_size: int,
+        runtime: str = "torch",
+        stat: str = "median",
+    ) -> None:
         self.size = size
         self.runtime = runtime
+        self.stat = stat
         self.family = family
         self.table = profile_table
         self.need_memory = need_memory
@@ -551,7 +561,9 @@ class _Costing:
 
     def extra(self, spec: Spec) -> tuple[float, int]:
         """Predicted latency (0 without a profile) and training memory (0 unless asked for)."""
-        lat = self._lat(spec, self.size, self.table, runtime=self.runtime) if self.table is not None else 0.0
+        lat = 0.0
+        if self.table is not None:
+            lat = self._lat(spec, self.size, self.table, stat=self.stat, runtime=self.runtime)
         mem = self._mem(spec, self.size, self.batch_size) if self.need_memory else 0
         return lat, mem
 
@@ -649,6 +661,7 @@ def solve(
     max_train_memory: int | None = None,
     batch_size: int = 2,
     runtime: str = "torch",
+    stat: str = "median",
 ) -> SolveResult:
     """Enumerate the design space around ``base`` and return the cost-matched, constrained, ranked candidates.
 
@@ -656,7 +669,8 @@ def solve(
     depth of each stage (an int for all stages, or one value or None per stage). ``stems`` limits
     the stems (codes like ``k3s1p`` / ``s12p``). ``profile`` is a latency table
     (:func:`bhsearch.latency.load_table`); it enables ``match="latency"``, ``sort="latency"``
-    and ``max_latency_ratio``, predicted from the table's ``runtime`` entries (torch or onnxruntime).
+    and ``max_latency_ratio``, predicted from the table's ``runtime`` entries (torch or onnxruntime) and their
+    ``stat`` (``"median"`` or ``"min"`` of the repetitions).
     ``max_train_memory`` (bytes) bounds the analytic training-step memory at ``batch_size``. Raises :class:`InfeasibleError` when nothing is left.
     """
     base = get_spec(base)
@@ -681,6 +695,8 @@ def solve(
             raise UsageError(f"{name} must be positive, got {value!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if stat not in ("median", "min"):
+        raise UsageError(f"stat must be median or min, got {stat!r}")
     needs_profile = [
         w
         for w, on in (
@@ -725,7 +741,8 @@ def solve(
         import bhsearch.latency as latency
 
         table = latency.load_table(profile)
-    costing = _Costing(size, ds.family, table, max_train_memory is not None or sort == "memory", batch_size, runtime)
+    need_memory = max_train_memory is not None or sort == "memory"
+    costing = _Costing(size, ds.family, table, need_memory, batch_size, runtime, stat)
 
     base_bottom = _bottom_count(ds, adapter, base)
     base_vec = costing.vector(base, base_bottom)

@@ -664,6 +664,43 @@ def _space_of(spec):
     return space_specs(spec)
 
 
+def test_solve_and_count_predict_from_the_chosen_statistic(tmp_path, capsys):
+    """``--stat min`` predicts from the entries' minima (here half the medians) in ``solve`` and ``count``, and
+    ``count`` compares them with the measurement's minimum; a table without minima is a one-line error."""
+    from bhsearch.cli import main
+    from bhsearch.solver import solve
+
+    table = _synthetic_table([TINY, *_space_of(TINY)])
+    medians = table.save(tmp_path / "medians.json")
+    for entry in [*table.units.values(), *table.overhead.values()]:
+        entry["inference_min_s"], entry["train_min_s"] = entry["inference_s"] / 2, entry["train_s"] / 2
+    path = table.save(tmp_path / "t.json")
+    loaded = load_table(path)
+    for stat in ("median", "min"):
+        result = solve(TINY, SIZE, profile=path, tolerance=50, stat=stat)
+        assert result.candidates
+        for c in [result.base, *result.candidates]:
+            assert c.latency == pytest.approx(predict_latency(c.spec, SIZE, loaded, stat=stat))
+    assert solve(TINY, SIZE, profile=path, tolerance=50, stat="min").base.latency == pytest.approx(
+        predict_latency(TINY, SIZE, loaded) / 2
+    )
+    with pytest.raises(UsageError, match="stat must be median or min"):
+        solve(TINY, SIZE, profile=path, stat="mean")
+
+    assert main(["count", TINY.id, "--input", SIZE, "--profile", str(path), "--stat", "min", "--json"]) == 0
+    lat = json.loads(capsys.readouterr().out)["latency"]
+    assert lat["stat"] == "min"
+    assert lat["predicted_inference_s"] == pytest.approx(predict_latency(TINY, SIZE, loaded, stat="min"))
+    assert lat["measured_inference_s"] == lat["measured"]["min_s"]
+    assert lat["error"] == pytest.approx(lat["predicted_inference_s"] / lat["measured"]["min_s"] - 1)
+    assert lat["predicted_train_s"] == pytest.approx(predict_latency(TINY, SIZE, loaded, "train", "min"))
+
+    cmd = [sys.executable, "-m", "bhsearch", "solve", "--base", TINY.id, "--input", SIZE, "--profile", str(medians)]
+    r = subprocess.run([*cmd, "--stat", "min", "--match", "latency"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "inference_min_s" in r.stderr, r.stderr
+
+
 # --------------------------------------------------------------------------- HRNet units
 
 TINY_HRNET = get_spec("hrnet:w4:s22c8:2b8:1x2.2:2x1.1.1:1x1.1.1.1")

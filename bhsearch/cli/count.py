@@ -22,8 +22,8 @@ output elements of every convolution, in millions.
 out) and ptflops (aten backend for MACs; pytorch backend, count_functional=False, for paper
 FLOPs); exit code 1 if anything differs. --profile FILE adds the latency predicted from a
 'bhsearch profile' table next to a measurement on the table's device (--runtime selects the
-table's torch or onnxruntime entries); a table marked by its quality checks is warned about on
-stderr.
+table's torch or onnxruntime entries, --stat their median or minimum, compared with the same statistic
+of the measurement); a table marked by its quality checks is warned about on stderr.
 """
 
 
@@ -44,6 +44,12 @@ def register(subparsers) -> None:
         default="torch",
         choices=["torch", "onnxruntime", "compile"],
         help="runtime of the table entries to predict from and to measure in (default torch)",
+    )
+    p.add_argument(
+        "--stat",
+        default="median",
+        choices=["median", "min"],
+        help="statistic of the table entries and of the measurement: median (default) or min of the repetitions",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -144,18 +150,19 @@ def run(args) -> int:
 
         table = lat.load_table(args.profile)
         warn_marked_table(table, "count")
-        rt = args.runtime
-        predicted = {"inference": lat.predict_latency(spec, size, table, "inference", runtime=rt)}
-        predicted["train"] = lat.predict_latency(spec, size, table, "train") if rt == "torch" else None
+        rt, stat = args.runtime, args.stat
+        predicted = {"inference": lat.predict_latency(spec, size, table, "inference", stat, runtime=rt)}
+        predicted["train"] = lat.predict_latency(spec, size, table, "train", stat) if rt == "torch" else None
         measured = lat.measure_latency(spec, size, **table.measure_kwargs(), runtime=rt)
         latency = {
             "table": str(args.profile),
             "runtime": rt,
+            "stat": stat,
             "predicted_inference_s": predicted["inference"],
             "predicted_train_s": predicted["train"],
-            "measured_inference_s": measured["median_s"],
+            "measured_inference_s": measured[f"{stat}_s"],
             "measured": measured,
-            "error": predicted["inference"] / measured["median_s"] - 1,
+            "error": predicted["inference"] / measured[f"{stat}_s"] - 1,
             "table_warnings": [w["message"] for w in table.warnings],
         }
         out["latency"] = latency
@@ -181,7 +188,7 @@ def run(args) -> int:
             console.print(
                 f"latency ({m.get('device_name', m.get('device'))}, batch {m.get('batch_size')}, {m.get('dtype')}): "
                 f"predicted {1e3 * latency['predicted_inference_s']:.1f} ms, measured "
-                f"{1e3 * latency['measured_inference_s']:.1f} ms (median), error {100 * latency['error']:+.1f}%"
+                f"{1e3 * latency['measured_inference_s']:.1f} ms ({latency['stat']}), error {100 * latency['error']:+.1f}%"
                 + (
                     ""
                     if latency["predicted_train_s"] is None

@@ -158,6 +158,13 @@ def register(subparsers) -> None:
         choices=["torch", "onnxruntime", "compile"],
         help="runtime of the --profile entries to predict from (default torch)",
     )
+    p.add_argument(
+        "--stat",
+        default="median",
+        choices=["median", "min"],
+        help="statistic of the --profile entries: median (default) or min of the repetitions; docs/latency.md "
+        "says which predicted better where (onnxruntime at 2 threads: min)",
+    )
     p.add_argument("--max-latency-ratio", metavar="R", help="max predicted latency as a ratio to the base's")
     p.add_argument("--max-train-memory", metavar="SIZE", help="max analytic training-step memory, e.g. 8GB or 7.5GiB")
     p.add_argument("--batch-size", default="2", metavar="N", help="batch size for --max-train-memory (default 2)")
@@ -190,6 +197,7 @@ def solve_from_args(args):
         sort=args.sort,
         profile=args.profile,
         runtime=args.runtime,
+        stat=args.stat,
         max_latency_ratio=parse_float(args.max_latency_ratio, "--max-latency-ratio", strict=True)
         if args.max_latency_ratio
         else None,
