@@ -229,6 +229,19 @@ def test_synthetic_tinyperson_is_deterministic(synth_dir, tmp_path):
         assert (tmp_path / "tiny_set" / rel).read_bytes() == (out / "tiny_set" / rel).read_bytes()
 
 
+def test_smooth_noise_is_finite_and_refuses_non_finite_values(monkeypatch):
+    """The backgrounds' smooth noise: finite, bounded, without numpy warnings (OpenBLAS can leave stale FP flags
+    that numpy reports as "invalid value encountered in matmul"); a real NaN is an error, not a warning."""
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        noise = synthetic._lowfreq(rng, 300, 420, 64)
+    assert noise.shape == (300, 420) and np.isfinite(noise).all() and np.abs(noise).max() < 1.7
+    monkeypatch.setattr(synthetic, "_smooth_matrix", lambda n, cells, cell: np.full((n, cells), np.nan, np.float32))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        synthetic._lowfreq(rng, 30, 42, 8)
+
+
 def test_synthetic_corner_file_matches_original(synth_dir):
     out, info = synth_dir
     _, _, test_json, test_root = resolve_tinyperson(out)

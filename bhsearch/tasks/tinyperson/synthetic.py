@@ -51,7 +51,10 @@ def _lowfreq(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
     """Smooth noise of shape (h, w), roughly in [-1, 1]: a coarse random grid smoothly upsampled (2 matmuls)."""
     gh, gw = h // cell + 3, w // cell + 3
     small = rng.uniform(-1, 1, (gh, gw)).astype(np.float32)
-    out = _smooth_matrix(h, gh, cell) @ small @ _smooth_matrix(w, gw, cell).T
+    with np.errstate(all="ignore"):  # OpenBLAS can leave stale FP flags: numpy then warns of values it did not make
+        out = _smooth_matrix(h, gh, cell) @ small @ _smooth_matrix(w, gw, cell).T
+    if not np.isfinite(out).all():  # a real invalid value, which the errstate would otherwise hide
+        raise FloatingPointError("synthetic TinyPerson background: non-finite smooth noise")
     return out * np.float32(1.6)
 
 
