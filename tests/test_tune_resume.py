@@ -310,6 +310,35 @@ def _ctrl_c_reaches_the_child() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+_LINGERING_THREAD = """
+import sys, threading
+from pathlib import Path
+import bhsearch.tune.runner as runner
+from bhsearch.cli import main
+
+def interrupted(study, **kwargs):
+    threading.Thread(target=threading.Event().wait, daemon=False).start()  # as a thread Tune leaves behind
+    raise runner.StudyInterrupted(Path("runs/demo"), {"completed": 1, "unfinished": 2})
+
+runner.check_data, runner.run_study = (lambda study: None), interrupted
+sys.exit(main(["tune", sys.argv[1], "--quiet"]))
+"""
+
+
+def test_interrupted_tune_exits_130_even_if_a_thread_lingers(tmp_path):
+    """Ctrl-C: once the study's state is written, ``bhsearch tune`` leaves with 130 at once. A non-daemon thread
+    left running (Tune's, in one CI run) used to keep interpreter shutdown waiting for ever."""
+    study = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-c", _LINGERING_THREAD, str(study)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.startswith(
+        "bhsearch tune: interrupted (1 completed, 2 unfinished; partial results in runs/demo)"
+    )
+    assert proc.stderr.rstrip().endswith(f"resume with `bhsearch tune {study} --resume`"), proc.stderr
+
+
 def test_sigint_exits_130_labels_unfinished_and_resume_finishes(synthetic_data, tmp_path):
     path = write_study(
         tmp_path,

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         study = study.model_copy(update={"storage": args.storage})
     study = study.absolute()
 
+    from bhsearch.cli import _exit_now
     from bhsearch.report import build_report, print_report
     from bhsearch.tune.runner import StudyInterrupted, check_data, run_study
 
@@ -91,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         except StudyInterrupted as exc:
             again = f"bhsearch tune {args.study}" + (f" --storage {args.storage}" if args.storage else "")
             print(f"bhsearch tune: {exc}: resume with `{again} --resume`", file=sys.stderr)
-            return exc.exit_code
+            # state and results are on disk: leave now. A thread that Tune started and Ctrl-C left behind can keep
+            # interpreter shutdown waiting for ever (once in CI: the hint printed, the process still there 120 s later)
+            _exit_now(exc.exit_code)
         info = build_report(outcome.run_dir)
     info["wall_s"] = round(outcome.wall_s, 2)
     if args.json:
