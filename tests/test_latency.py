@@ -330,7 +330,7 @@ def test_profile_times_overhead_networks_through_the_unit_sweep(tmp_path, monkey
         assert net["inference_rounds_s"] == [0.010, 0.020]
         assert net["inference_median_measured_s"] == pytest.approx(0.015)  # median of the rounds
         assert net["inference_min_measured_s"] == pytest.approx(0.009)
-        assert net["inference_spread"] == pytest.approx((0.020 - 0.010) / 0.015)  # the drift shows as spread
+        assert net["inference_spread"] == pytest.approx(0.8 * (0.020 - 0.010) / 0.015)  # the drift shows as spread
     assert "spread" in _codes(load_table(tmp_path / "p.json"))
 
 
@@ -338,12 +338,18 @@ def test_combine_rounds_keeps_the_median_the_least_minimum_and_the_drift():
     from bhsearch.latency.profile import combine_rounds
 
     a = {"median_s": 0.010, "min_s": 0.009, "p10_s": 0.0095, "p90_s": 0.0105, "spread": 0.1}
-    b = {"median_s": 0.012, "min_s": 0.0085, "p10_s": 0.011, "p90_s": 0.013, "spread": 2 / 12}
+    b = {"median_s": 0.012, "min_s": 0.0085, "p10_s": 0.011, "p90_s": 0.013, "spread": 0.12}
     c = combine_rounds([a, b])
     assert c["median_s"] == pytest.approx(0.011) and c["min_s"] == 0.0085 and c["rounds_s"] == [0.010, 0.012]
     assert (c["p10_s"], c["p90_s"]) == (0.0095, 0.013)
-    assert c["spread"] == pytest.approx(2 / 11)  # the rounds' range beats their own spreads
+    # the rounds' medians as repetitions: (p90 - p10) / median = 0.8 x 0.002 / 0.011 beats their own spreads
+    assert c["spread"] == pytest.approx(0.8 * 2 / 11)
     assert combine_rounds([a])["spread"] == 0.1 and combine_rounds([a, a, b])["median_s"] == 0.010
+    # many rounds (onnxruntime sessions): one outlying session moves p90 - p10 less than the range
+    rounds = [{**a, "median_s": t, "spread": 0.0} for t in (0.010, 0.0101, 0.0099, 0.0102, 0.0098, 0.013)]
+    many = combine_rounds(rounds)
+    assert many["median_s"] == pytest.approx(0.01005)
+    assert many["spread"] == pytest.approx((0.0116 - 0.00985) / 0.01005)  # the range would be 0.32
     assert "p10_s" not in combine_rounds([{"median_s": 1.0, "min_s": 0.9, "spread": None}])
 
 
@@ -356,8 +362,9 @@ def test_sweep_takes_the_missing_rounds_in_passes():
     assert ROUNDS == 2 and [u.key for u in sweep(units, {})] == keys + keys
     done = {keys[0]: 2, keys[1]: 1, "legacy": 5}
     assert [u.key for u in sweep(units, done)] == keys[2:] + keys[1:]
-    # other runtimes count their own entries; torch.compile is timed in one round (it would compile again)
-    assert [u.key for u in sweep(units, done, "onnxruntime")] == keys + keys
+    # other runtimes count their own entries; onnxruntime units are timed in six rounds (a fresh session
+    # each), torch.compile in one (it would compile again)
+    assert unit_rounds("onnxruntime") == 6 and [u.key for u in sweep(units, done, "onnxruntime")] == keys * 6
     assert unit_rounds("compile") == 1 and [u.key for u in sweep(units, {}, "compile")] == keys
 
 
@@ -832,6 +839,9 @@ def test_onnxruntime_entries_live_beside_torch_ones(tmp_path, capsys):
     assert table.runtimes == ["torch", "onnxruntime"] and f"{SIZE}@onnxruntime" in table.overhead
     assert table.settings["onnxruntime_version"]
     assert all("train_s" not in e for k, e in table.units.items() if k.endswith("@onnxruntime"))
+    # each onnxruntime unit is timed in six rounds (sessions), torch units in two
+    assert {len(e["rounds"]) for k, e in table.units.items() if k.endswith("@onnxruntime")} == {6}
+    assert {len(e["rounds"]) for k, e in table.units.items() if not k.endswith("@onnxruntime")} == {2}
     loaded = load_table(out)
     assert math.isfinite(predict_latency(TINY_HRNET, SIZE, loaded, runtime="onnxruntime"))
     assert predict_latency(TINY_HRNET, SIZE, loaded) == predict_latency(TINY_HRNET, SIZE, table)
@@ -846,6 +856,84 @@ def test_onnxruntime_entries_live_beside_torch_ones(tmp_path, capsys):
     latency = json.loads(capsys.readouterr().out)["latency"]
     assert code == 0 and latency["runtime"] == "onnxruntime" and latency["measured"]["runtime"] == "onnxruntime"
     assert latency["predicted_train_s"] is None and math.isfinite(latency["predicted_inference_s"])
+    # onnxruntime units are timed in context; a table whose onnxruntime units were timed alone is not resumed
+    assert table.settings["onnxruntime_units"] == "in-context"
+    assert all("context_s" in e["rounds"][0]["inference"] for k, e in table.units.items() if "@" in k)
+    data = json.loads(out.read_text())
+    del data["settings"]["onnxruntime_units"]
+    out.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match="timed alone"):
+        profile_space(TINY_HRNET, SIZE, runtime="onnxruntime", **kw)
+
+
+def _optimized_ops(module, x, tmp_path) -> list[str]:
+    """The operators of onnxruntime's optimized CPU graph of ``module`` (``domain:op``)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from bhsearch.latency.measure import _Flat
+
+    path, opt = str(tmp_path / "m.onnx"), str(tmp_path / "m.opt.onnx")
+    with torch.no_grad():
+        torch.onnx.export(_Flat(module.eval(), False), (x,), path, opset_version=17, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = opt
+    ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return [f"{n.domain}:{n.op_type}" for n in onnx.load(opt).graph.node]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_unit_in_context_keeps_the_blocked_layout_inside_and_adds_its_shortcut_there(tmp_path):
+    """Alone, onnxruntime adds a basic block's shortcut in the plain layout after converting back to it;
+    between depthwise 1x1 convolutions (:class:`_InContext`) the whole block stays in the blocked layout, as inside
+    a network: one conversion in, one out, and those belong to the context."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from bhsearch.latency.measure import _InContext, build_unit
+    from bhsearch.latency.units import BlockUnit
+
+    torch.manual_seed(0)
+    block = build_unit(BlockUnit("basic", 16, 16, 1, 32, 32))
+    x = torch.randn(1, 16, 32, 32)
+    alone = _optimized_ops(block, x, tmp_path)
+    if not any(op.endswith("ReorderInput") for op in alone):
+        pytest.skip("this CPU has no blocked (NCHWc) convolution layout in onnxruntime")
+    assert ":Add" in alone  # the shortcut, in the plain layout after a ReorderOutput
+    inside = _optimized_ops(_InContext(block, False, [16], [16]), x, tmp_path)
+    assert ":Add" not in inside and ":Relu" not in inside  # fused into the blocked convolutions
+    assert inside.count("com.microsoft.nchwc:ReorderInput") == 1
+    assert inside.count("com.microsoft.nchwc:ReorderOutput") == 1
+
+
+def test_time_in_context_subtracts_half_the_context_on_each_side(monkeypatch):
+    """``time_in_context`` = the unit between depthwise 1x1 convolutions - (context on its inputs + on its outputs) / 2;
+    a stem gets none on its input, and a unit with inputs shaped like its outputs times its context once."""
+    torch = pytest.importorskip("torch")
+    from bhsearch.latency import measure
+
+    calls = []
+
+    def fake(module, shape, device, dtype, **kw):
+        calls.append((type(module).__name__, shape))
+        t = {"_InContext": 0.010, "_Context": 0.004 if shape == [(1, 8, 16, 16)] else 0.002}[type(module).__name__]
+        return {"median_s": t, "min_s": t / 2, "p10_s": t * 0.9, "p90_s": t * 1.1, "mean_s": t, "spread": 0.2}
+
+    monkeypatch.setattr(measure, "time_module", fake)
+    cpu, f32 = torch.device("cpu"), torch.float32
+    down = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+    r = measure.time_in_context(down, (1, 8, 16, 16), cpu, f32)
+    assert r["median_s"] == pytest.approx(0.010 - (0.004 + 0.002) / 2) and r["context_s"] == pytest.approx(0.003)
+    assert r["min_s"] == pytest.approx(0.005 - 0.0015)
+    assert r["spread"] == pytest.approx((0.011 - 0.009) / 0.007)  # the unit's own range, relative to its time
+    assert [c[0] for c in calls] == ["_InContext", "_Context", "_Context"]
+    calls.clear()
+    same = measure.time_in_context(torch.nn.Conv2d(8, 8, 3, padding=1), (1, 8, 16, 16), cpu, f32)
+    assert same["median_s"] == pytest.approx(0.006) and [c[0] for c in calls] == ["_InContext", "_Context"]
+    calls.clear()
+    stem = measure.time_in_context(down, (1, 8, 16, 16), cpu, f32, reads_input=True)
+    assert stem["median_s"] == pytest.approx(0.010 - 0.002 / 2) and len(calls) == 2
 
 
 def test_missing_onnxruntime_is_one_line_exit_2(tmp_path):

@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from bhsearch.errors import UsageError
-from bhsearch.latency.table import RUNTIMES
+from bhsearch.latency.table import RUNTIMES, percentile, spread
 from bhsearch.latency.units import DTYPE_BYTES, BlockUnit, HRNetUnit, StemUnit, Unit
 from bhsearch.spec import ResNetSpec, Spec, get_spec, parse_input_size
 
@@ -198,20 +198,10 @@ def time_callable(
     return times
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method) of sorted values."""
-    pos = (len(sorted_values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
 def summarize(times: list[float]) -> dict[str, Any]:
     """Median, p10, p90, mean, min and relative spread ((p90 - p10) / median) of a list of seconds."""
-    from bhsearch.latency.table import spread
-
     s = sorted(times)
-    median, p10, p90 = _percentile(s, 0.5), _percentile(s, 0.1), _percentile(s, 0.9)
+    median, p10, p90 = percentile(s, 0.5), percentile(s, 0.1), percentile(s, 0.9)
     return {
         "median_s": median,
         "p10_s": p10,
@@ -375,6 +365,98 @@ def time_module(
     else:
         fn = _step_fn(module, x, mode)
     return summarize(time_callable(fn, device, warmup, reps, clock, account, warmup_s=WARMUP_S))
+
+
+class _Pointwise(nn.Module):
+    """One depthwise 1x1 convolution per tensor of a list (channel counts ``channels``): a cheap
+    operator onnxruntime keeps in its blocked layout (a dense 1x1 convolution on 128 channels at 320x256
+    cost twice the unit it surrounded, and its noise at 2 threads swamped the unit)."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 1, groups=c) for c in channels)
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [conv(x) for conv, x in zip(self.convs, xs, strict=True)]
+
+
+class _InContext(nn.Module):
+    """A unit between depthwise 1x1 convolutions on its inputs (unless it reads the network's input) and outputs:
+    in onnxruntime its boundary tensors then stay in the blocked layout its convolutions use, and its
+    residual additions fuse into them, as inside a network."""
+
+    def __init__(self, unit: nn.Module, multi: bool, inputs: list[int] | None, outputs: list[int]) -> None:
+        super().__init__()
+        self.unit, self.multi = unit, multi
+        self.pre = _Pointwise(inputs) if inputs is not None else None
+        self.post = _Pointwise(outputs)
+
+    def forward(self, x: Any) -> tuple[torch.Tensor, ...]:
+        xs = x if self.multi else [x]
+        if self.pre is not None:
+            xs = self.pre(xs)
+        out = self.unit(xs if self.multi else xs[0])
+        return tuple(self.post(list(out) if isinstance(out, (list, tuple)) else [out]))
+
+
+class _Context(nn.Module):
+    """The context of :class:`_InContext` alone: two depthwise 1x1 convolutions in a row per tensor."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        self.pre, self.post = _Pointwise(channels), _Pointwise(channels)
+
+    def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(self.post(self.pre(xs)))
+
+
+def time_in_context(
+    module: nn.Module,
+    input_shape: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    reads_input: bool = False,
+    warmup: int = 2,
+    reps: int = 7,
+    clock: str = "wall",
+    account: CpuAccount | None = None,
+) -> dict[str, Any]:
+    """onnxruntime inference time of a unit as inside a network: the unit between depthwise 1x1 convolutions
+    on its inputs and outputs (:class:`_InContext`; ``reads_input``: the unit reads the network's input, the
+    stem, and gets none on its inputs) less half the time of those convolutions alone on its inputs and
+    half on its outputs (``context_s``; for a unit whose inputs and outputs have the same shapes that is
+    the context's whole cost). A unit timed alone in onnxruntime converts its input and output between
+    the plain and the blocked layout and adds its shortcut in the plain one, which a network does not
+    (docs/latency.md, "Units in context")."""
+    x = _input(input_shape, device, dtype, False)
+    with torch.no_grad():
+        out = module.eval()(x)
+    in_shapes = [tuple(t.shape) for t in (x if isinstance(x, list) else [x])]
+    out_shapes = [tuple(t.shape) for t in (out if isinstance(out, (list, tuple)) else [out])]
+    ins, outs = [s[1] for s in in_shapes], [s[1] for s in out_shapes]
+    kw = dict(warmup=warmup, reps=reps, clock=clock, runtime="onnxruntime", account=account)
+    wrapped = _InContext(module, isinstance(x, list), None if reads_input else ins, outs)
+    total = time_module(wrapped, input_shape, device, dtype, **kw)
+    after = time_module(_Context(outs), out_shapes, device, dtype, **kw)
+    if reads_input:
+        before = {"median_s": 0.0, "min_s": 0.0}
+    elif in_shapes == out_shapes:
+        before = after
+    else:
+        before = time_module(_Context(ins), in_shapes, device, dtype, **kw)
+    context = {k: (before[k] + after[k]) / 2 for k in ("median_s", "min_s")}
+    median = max(0.0, total["median_s"] - context["median_s"])
+    p10, p90 = (max(0.0, total[k] - context["median_s"]) for k in ("p10_s", "p90_s"))
+    return {
+        **total,
+        "median_s": median,
+        "mean_s": max(0.0, total["mean_s"] - context["median_s"]),
+        "min_s": max(0.0, total["min_s"] - context["min_s"]),
+        "p10_s": p10,
+        "p90_s": p90,
+        "spread": spread(p10, p90, median),
+        "context_s": context["median_s"],
+    }
 
 
 # --------------------------------------------------------------------------- memory

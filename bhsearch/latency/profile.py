@@ -29,6 +29,7 @@ from bhsearch.latency.table import (
     LatencyTable,
     fit_overhead,
     load_table,
+    percentile,
     runtime_key,
     size_key,
     slope_field,
@@ -73,8 +74,19 @@ OVERHEAD_MAX_DEPTH = 8
 #: points of the passes, one per part) is timed: each is then taken in several machine states, and the
 #: networks in the same states as the units they are compared with.
 ROUNDS = 2
-#: Runtimes whose units are timed in fewer rounds: torch.compile would compile every unit again.
-UNIT_ROUNDS = {"compile": 1}
+#: Runtimes whose units are timed in other numbers of rounds than ``ROUNDS``. torch.compile: one, as it
+#: would compile every unit again. onnxruntime: six, each in a fresh session. A unit's time varies from
+#: session to session far more than within one: an HRNet-32 x0.5 fuse unit at 1 thread had a coefficient
+#: of variation of 8-10 % over 8 consecutive sessions with 3 or with 60 repetitions each, and the same
+#: unit differed by 4 % (median over units) between the two rounds of a profile, while whole networks,
+#: which average many operators, repeated within 1.4 %.
+UNIT_ROUNDS = {"compile": 1, "onnxruntime": 6}
+
+
+#: Runtimes whose units are timed in context (:func:`bhsearch.latency.measure.time_in_context`), between
+#: depthwise 1x1 convolutions whose own time is subtracted, rather than alone: onnxruntime, where a unit alone
+#: converts its tensors between the plain and the blocked layout at its boundary and a network does not.
+IN_CONTEXT_RUNTIMES = ("onnxruntime",)
 
 
 def unit_rounds(runtime: str) -> int:
@@ -185,6 +197,14 @@ def profile_space(
                 "use another --out, or --no-resume to replace it"
             )
         table.settings["onnxruntime_version"] = version
+        if table.settings.get("onnxruntime_units", "alone") != "in-context" and any(
+            k.endswith("@onnxruntime") for k in table.units
+        ):
+            raise UsageError(
+                f"{out}: its onnxruntime units were timed alone, this version times them in context; "
+                "use another --out, or --no-resume to replace it"
+            )
+        table.settings["onnxruntime_units"] = "in-context"
     table.settings.update(warmup=warmup, reps=reps, updated=_now())
     table.settings.setdefault("bases", [])
     if specs[0].id not in table.settings["bases"]:
@@ -328,14 +348,17 @@ def sweep(units: list[Unit], done: dict[str, int], runtime: str = "torch") -> li
 def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One time from rounds of timings (:func:`time_module` / :func:`measure_latency` results): the median
     of their medians, the least of their minima, the outermost p10 / p90, and as spread the largest of
-    their spreads and of the relative range of their medians (a machine that changed speed shows)."""
+    their own spreads and of their medians' (p90 - p10) / median, the rounds' medians taken as repetitions
+    (a machine that changed speed shows; two rounds: 0.8 x their relative range)."""
     medians = [r["median_s"] for r in rounds]
     center = statistics.median(medians)
     spreads = [r.get("spread") or 0.0 for r in rounds]
+    ordered = sorted(medians)
+    between = (percentile(ordered, 0.9) - percentile(ordered, 0.1)) / center if center > 0 else 0.0
     out = {
         "median_s": center,
         "min_s": min(r["min_s"] for r in rounds),
-        "spread": max([*spreads, (max(medians) - min(medians)) / center if center > 0 else 0.0]),
+        "spread": max([*spreads, between]),
         "rounds_s": medians,
     }
     if all(r.get("p10_s") is not None and r.get("p90_s") is not None for r in rounds):
@@ -361,11 +384,14 @@ def _measure_unit(
         entry["runtime"] = runtime
     timings = {}
     for mode in _modes(runtime):
-        r = m.time_module(
-            module, shape, dev, tdtype, mode, warmup, reps, input_grad=grad and mode == "train", clock=clock,
-            runtime=runtime, account=account,
-        )  # fmt: skip
-        timings[mode] = {k: r[k] for k in ("median_s", "min_s", "p10_s", "p90_s", "spread")}
+        if runtime in IN_CONTEXT_RUNTIMES:
+            r = m.time_in_context(module, shape, dev, tdtype, not grad, warmup, reps, clock, account)
+        else:
+            r = m.time_module(
+                module, shape, dev, tdtype, mode, warmup, reps, input_grad=grad and mode == "train", clock=clock,
+                runtime=runtime, account=account,
+            )  # fmt: skip
+        timings[mode] = {k: r[k] for k in ("median_s", "min_s", "p10_s", "p90_s", "spread", "context_s") if k in r}
     entry["rounds"] = [*entry.get("rounds", []), timings]
     for mode in timings:
         c = combine_rounds([t[mode] for t in entry["rounds"]])

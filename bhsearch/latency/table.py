@@ -79,6 +79,14 @@ def split_runtime(key: str) -> tuple[str, str]:
     return (base, runtime) if sep else (key, "torch")
 
 
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method) of sorted values."""
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
 def spread(p10: float | None, p90: float | None, median: float | None) -> float | None:
     """Relative spread (p90 - p10) / median of a measurement, None when unknown."""
     if p10 is None or p90 is None or not median or median <= 0:
