@@ -73,13 +73,11 @@ def _median_pass(step: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def _summary(one: list[float], many: list[float], serial: float) -> dict[str, float]:
-    speedup = [a / b for a, b in zip(one, many, strict=True)]
+    """Medians, cvs, speed-up percentiles (interpolated, as in latency tables) and the near-serial share."""
+    from bhsearch.latency.table import percentile
+
+    speedup = sorted(a / b for a, b in zip(one, many, strict=True))
 
     def cv(v: list[float]) -> float:
         return 100 * statistics.pstdev(v) / statistics.fmean(v)
@@ -90,8 +88,8 @@ def _summary(one: list[float], many: list[float], serial: float) -> dict[str, fl
         "median_n_ms": 1e3 * statistics.median(many),
         "cv_n_pct": cv(many),
         "speedup_median": statistics.median(speedup),
-        "speedup_p10": _quantile(speedup, 0.1),
-        "speedup_p90": _quantile(speedup, 0.9),
+        "speedup_p10": percentile(speedup, 0.1),
+        "speedup_p90": percentile(speedup, 0.9),
         "near_serial_share": sum(s < serial for s in speedup) / len(speedup),
     }
 
@@ -101,15 +99,21 @@ def main() -> int:
     import torch
 
     from bhsearch import get_spec
+    from bhsearch.errors import UsageError
     from bhsearch.latency.measure import _DictToTuple, device_name, steady_allocator
     from bhsearch.latency.profile import load_average
     from bhsearch.models import build_backbone
+    from bhsearch.spec import parse_input_size
 
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     if not runtimes or set(runtimes) - {"torch", "onnxruntime"}:
         print(f"error: --runtimes takes torch and/or onnxruntime, got {args.runtimes!r}", file=sys.stderr)
         return 2
-    w, h = (int(v) for v in args.input.lower().split("x"))
+    try:
+        w, h = parse_input_size(args.input)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     steady_allocator()
     torch.manual_seed(0)
     module = _DictToTuple(build_backbone(get_spec(args.space).scaled(args.scale))).eval()
